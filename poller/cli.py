@@ -1,0 +1,96 @@
+"""`poller run | check | schema | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from poller.config import ConfigError, json_schema, load_path
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a TCP port is 0-65535")
+    return port
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="poller", description="Kinesis, DynamoDB Streams and SQS into your database."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run every stream of a file or folder")
+    run.add_argument("--config", required=True, help="a stream YAML file, or a folder of them")
+    run.add_argument("--http-port", type=_port, default=int(os.environ.get("POLLER_HTTP_PORT", "8080")))
+    run.add_argument("--http-host", default=os.environ.get("POLLER_HTTP_HOST", "0.0.0.0"))
+    run.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=float(os.environ.get("POLLER_SHUTDOWN_TIMEOUT", "25")),
+        help="seconds to drain in-flight batches after SIGTERM (ECS waits 30 s)",
+    )
+    run.add_argument("--log-level", default=os.environ.get("POLLER_LOG_LEVEL", "INFO"))
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default=os.environ.get("POLLER_LOG_FORMAT", "auto"),
+    )
+
+    check = sub.add_parser("check", help="validate stream files; exit 0, or 2 with file, field and reason")
+    check.add_argument("--config", required=True)
+
+    sub.add_parser("schema", help="print the JSON schema of a stream file")
+
+    demo = sub.add_parser("demo", help="run on embedded defaults: a local AWS emulator and SQLite")
+    demo.add_argument("--db", default="demo.sqlite", help="SQLite file the rows go to")
+    demo.add_argument("--messages", type=int, default=200, help="sample messages to send")
+    demo.add_argument("--http-port", type=_port, default=int(os.environ.get("POLLER_HTTP_PORT", "8080")))
+    demo.add_argument("--exit-after", type=float, default=None, help="stop by itself after N seconds")
+    return p
+
+
+def _json_logs(fmt: str) -> bool | None:
+    return {"json": True, "console": False}.get(fmt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.command == "check":
+        try:
+            streams = load_path(args.config)
+        except ConfigError as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        for s in streams:
+            print(f"ok: {s.name} ({s.source.type} → {s.sink.type})")
+        return 0
+    from poller.observability.logging import configure
+
+    if args.command == "demo":
+        configure("INFO", json=False if sys.stdout.isatty() else None)
+        from poller.demo import run_demo
+
+        return asyncio.run(run_demo(args.db, args.messages, args.http_port, args.exit_after))
+    configure(args.log_level, _json_logs(args.log_format))
+    try:
+        streams = load_path(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    from poller.app import Supervisor
+    from poller.runtime import tune_gc
+
+    tune_gc()
+    return asyncio.run(Supervisor(streams, args.http_port, args.http_host, args.shutdown_timeout).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

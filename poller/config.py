@@ -1,0 +1,437 @@
+"""Stream files: pydantic models, YAML loading and `${VAR}` interpolation.
+
+Every model forbids unknown keys so a typo is an error, not a silently ignored
+setting. `load_path` turns every failure into a `ConfigError` whose lines name
+the file, the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DecoderName = Literal["json", "text", "none", "kpl", "cloudwatch_logs", "mysql_audit"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AwsEndpoint(Strict):
+    region: str | None = Field(None, description="AWS region; default from AWS_REGION / AWS_DEFAULT_REGION.")
+    endpoint_url: str | None = Field(
+        None,
+        description="VPC interface endpoint or local emulator URL. Empty means the default; "
+        "AWS_ENDPOINT_URL_<SERVICE> and AWS_ENDPOINT_URL are honoured too.",
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        if v is not None and not re.match(r"^https?://", v):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+StartingPosition = Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
+
+
+class ShardSourceCommon(AwsEndpoint):
+    starting_position: StartingPosition = "TRIM_HORIZON"
+    starting_timestamp: datetime | None = None
+    parallelization_factor: int = Field(1, ge=1, le=10)
+    idle_poll_seconds: float = Field(
+        1.0, ge=0.05, le=30, description="Wait between reads of a shard that is caught up."
+    )
+    max_idle_poll_seconds: float = Field(
+        2.0,
+        ge=0.05,
+        le=60,
+        description="A shard that keeps answering empty is read less and less often, doubling the wait "
+        "from idle_poll_seconds up to this (idle cost against the latency of a first record). "
+        "Set it equal to idle_poll_seconds to poll at a fixed rate.",
+    )
+    shard_discovery_seconds: float = Field(
+        30.0, ge=0.5, le=3600, description="How often shards are listed to find new ones."
+    )
+    prefetch_records: int = Field(
+        10_000, ge=100, le=1_000_000, description="Records read ahead per shard (bounds memory)."
+    )
+
+    @model_validator(mode="after")
+    def _timestamp_needed(self) -> ShardSourceCommon:
+        if self.starting_position == "AT_TIMESTAMP" and self.starting_timestamp is None:
+            raise ValueError("starting_position AT_TIMESTAMP needs starting_timestamp")
+        return self
+
+
+class KinesisSource(ShardSourceCommon):
+    type: Literal["kinesis"]
+    stream: str = Field(..., min_length=1, description="Stream name or ARN.")
+    max_records_per_call: int = Field(10_000, ge=1, le=10_000)
+
+
+class DynamoDBSource(ShardSourceCommon):
+    type: Literal["dynamodb"]
+    table: str | None = Field(None, description="Table name: its latest stream is read.")
+    stream_arn: str | None = None
+    max_records_per_call: int = Field(1000, ge=1, le=1000)
+    on_trimmed: Literal["continue", "stop"] = Field(
+        "continue", description="On TrimmedDataAccessException: go on from TRIM_HORIZON, or stop."
+    )
+    idle_poll_seconds: float = Field(0.5, ge=0.05, le=30)
+
+    @model_validator(mode="after")
+    def _table_or_arn(self) -> DynamoDBSource:
+        if (self.table is None) == (self.stream_arn is None):
+            raise ValueError("give exactly one of `table` or `stream_arn`")
+        if self.starting_position == "AT_TIMESTAMP":
+            raise ValueError("DynamoDB Streams supports TRIM_HORIZON or LATEST only")
+        return self
+
+
+class SqsSource(AwsEndpoint):
+    type: Literal["sqs"]
+    queue_url: str = Field(..., min_length=1)
+    max_concurrency: int = Field(2, ge=1, le=100, description="Concurrent long-pollers.")
+    wait_seconds: int = Field(20, ge=0, le=20, description="Long-poll wait (WaitTimeSeconds).")
+    max_inflight_messages: int = Field(
+        1000, ge=10, le=120_000, description="Messages received but not yet deleted."
+    )
+    visibility_timeout_seconds: int | None = Field(
+        None, ge=1, le=43_200, description="Override the queue's own VisibilityTimeout."
+    )
+    idempotency_retention_seconds: int = Field(
+        14 * 86_400,
+        ge=60,
+        le=30 * 86_400,
+        description="How long processed message ids are kept (SQS keeps messages 14 days at most).",
+    )
+
+
+SourceConfig = Annotated[KinesisSource | DynamoDBSource | SqsSource, Field(discriminator="type")]
+
+
+class BatchConfig(Strict):
+    size: int = Field(100, ge=1, le=10_000)
+    window_seconds: float = Field(0.5, ge=0, le=300)
+
+
+class RetryConfig(Strict):
+    max_attempts: int = Field(3, ge=1, le=10_000, description="Attempts per record; never infinite.")
+    max_record_age_seconds: int | None = Field(None, ge=1, le=604_800)
+    bisect_on_error: bool = True
+    backoff_initial_seconds: float = Field(0.2, ge=0.001, le=60)
+    backoff_max_seconds: float = Field(30.0, ge=0.01, le=3600)
+
+
+class TableDestination(Strict):
+    type: Literal["table"]
+    table: str = "poller_failures"
+
+
+class SqsDestination(AwsEndpoint):
+    type: Literal["sqs"]
+    queue_url: str
+
+
+class FileDestination(Strict):
+    type: Literal["file"]
+    path: str
+
+
+OnFailure = Annotated[TableDestination | SqsDestination | FileDestination, Field(discriminator="type")]
+
+
+class DatabaseSink(Strict):
+    dsn: str = Field(..., min_length=1)
+    table: str = Field(..., min_length=1)
+    key: list[str] = Field(default_factory=list)
+    columns: dict[str, str] | None = Field(
+        None, description="Column → JMESPath over the normalized record. Absent: append mode."
+    )
+    on_delete: Literal["delete", "soft_delete", "ignore"] = Field(
+        "delete", description="What a REMOVE (DynamoDB) does to the row."
+    )
+    soft_delete_column: str | None = None
+    pool_size: int = Field(2, ge=1, le=50)
+
+    @model_validator(mode="after")
+    def _keyed(self) -> DatabaseSink:
+        if self.columns is not None:
+            if not self.columns:
+                raise ValueError("`columns` must map at least one column")
+            if not self.key:
+                raise ValueError("`key` is required when `columns` is given (the upsert key)")
+            missing = [k for k in self.key if k not in self.columns]
+            if missing:
+                raise ValueError(f"key column(s) {missing} must also be in `columns`")
+        if self.on_delete == "soft_delete" and not self.soft_delete_column:
+            raise ValueError("on_delete soft_delete needs soft_delete_column")
+        return self
+
+    @field_validator("columns")
+    @classmethod
+    def _jmespath(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        import jmespath
+        from jmespath.exceptions import JMESPathError
+
+        for column, expr in (v or {}).items():
+            try:
+                jmespath.compile(expr)
+            except JMESPathError as e:
+                raise ValueError(f"column {column!r}: invalid JMESPath {expr!r}: {e}") from e
+        return v
+
+
+class PostgresSink(DatabaseSink):
+    type: Literal["postgres"]
+
+
+class MysqlSink(DatabaseSink):
+    type: Literal["mysql"]
+
+
+class SqliteSink(DatabaseSink):
+    type: Literal["sqlite"]
+    dsn: str = Field(..., min_length=1, description="File path, or sqlite:///path.")
+
+
+class HandlerSink(Strict):
+    type: Literal["handler"]
+    handler: str = Field(..., pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    timeout_seconds: float = Field(60, gt=0, le=900)
+    function_name: str | None = None
+    memory_limit_in_mb: int = Field(128, ge=128, le=10_240)
+    checkpoint_dsn: str = Field(
+        "poller-checkpoints.sqlite", description="sqlite path, postgres:// or mysql:// DSN"
+    )
+    code_path: str | None = Field(
+        None,
+        description="Folder put first on the import path (Lambda's /var/task); default: the working folder.",
+    )
+    report_batch_item_failures: bool = Field(
+        True, description="Honour a returned `batchItemFailures` (Lambda: FunctionResponseTypes)."
+    )
+    max_concurrency: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Invocations of this handler that may overlap in the process. Lambda runs one at a "
+        "time per sandbox, and handlers may keep per-invocation state in module globals.",
+    )
+
+
+class LambdaSink(AwsEndpoint):
+    type: Literal["lambda"]
+    function: str = Field(..., min_length=1, description="Function name, name:alias, or ARN.")
+    checkpoint_dsn: str = "poller-checkpoints.sqlite"
+    qualifier: str | None = Field(None, description="Version or alias to invoke.")
+    timeout_seconds: float = Field(
+        900, gt=0, le=900, description="How long to wait for one Invoke (the function's own timeout or more)."
+    )
+    report_batch_item_failures: bool = Field(
+        True, description="Honour a returned `batchItemFailures` (Lambda: FunctionResponseTypes)."
+    )
+
+
+SinkConfig = Annotated[
+    PostgresSink | MysqlSink | SqliteSink | HandlerSink | LambdaSink, Field(discriminator="type")
+]
+
+
+class StreamConfig(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    source: SourceConfig
+    batch: BatchConfig = BatchConfig()
+    filters: list[dict[str, Any]] = Field(default_factory=list, max_length=10)
+    decode: DecoderName | list[DecoderName] = "json"
+    retry: RetryConfig = RetryConfig()
+    on_failure: OnFailure | None = None
+    sink: SinkConfig
+
+    @property
+    def decoders(self) -> list[str]:
+        return [self.decode] if isinstance(self.decode, str) else list(self.decode)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _user_code_reads_raw(cls, data: Any) -> Any:
+        # User code gets the payload as Lambda gives it whatever the decoders
+        # do, so by default nothing is decoded: a text payload must not fail
+        # as bad JSON before it reaches a handler.
+        if isinstance(data, dict) and "decode" not in data:
+            sink = data.get("sink")
+            if isinstance(sink, dict) and sink.get("type") in ("handler", "lambda"):
+                return {**data, "decode": "none"}
+        return data
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from poller.processing.filters import compile_patterns
+
+        compile_patterns(v)
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> StreamConfig:
+        user_code = isinstance(self.sink, HandlerSink | LambdaSink)
+        if isinstance(self.on_failure, TableDestination) and user_code:
+            raise ValueError("on_failure type `table` needs a database sink; use sqs or file")
+        if user_code and self.on_failure is None and not isinstance(self.source, SqsSource):
+            # A stream has no redrive policy to fall back on: without a destination
+            # a record that keeps failing would be skipped with only a log line.
+            raise ValueError(
+                f"on_failure is required with a {self.sink.type} sink on a {self.source.type} source: "
+                "give {type: sqs, queue_url: ...} or {type: file, path: ...}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ConfigError(Exception):
+    """A config problem; str() is one line per problem: `file: field: reason`."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str], path: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string scalar (not in keys)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}.{i}") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        if name in env:
+            return ""
+        raise _MissingVar(path, name)
+
+    return _VAR.sub(sub, value)
+
+
+class _MissingVar(Exception):
+    def __init__(self, path: str, name: str):
+        super().__init__(f"{path}: environment variable {name} is not set (use ${{{name}:-default}})")
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    # Drop pydantic's discriminator tags (e.g. `source.kinesis.stream` → `source.stream`).
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, str) and p in _TAGS:
+            continue
+        parts.append(str(p))
+    return ".".join(parts) or "(top level)"
+
+
+_TAGS = {
+    "kinesis",
+    "dynamodb",
+    "sqs",
+    "postgres",
+    "mysql",
+    "sqlite",
+    "handler",
+    "lambda",
+    "table",
+    "file",
+}
+
+
+def _format_error(err: Any) -> str:
+    msg = str(err["msg"])
+    typ = err.get("type", "")
+    if typ == "extra_forbidden":
+        msg = "unknown field (not allowed here)"
+    elif typ == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        msg = f"type {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+    elif typ == "union_tag_not_found":
+        msg = "field `type` is required"
+    elif typ == "missing":
+        msg = "field required"
+    elif typ == "literal_error":
+        msg = f"expected {err.get('ctx', {}).get('expected')}, got {err.get('input')!r}"
+    msg = msg.removeprefix("Value error, ")
+    return f"{_loc(tuple(err['loc']))}: {msg}"
+
+
+def parse_stream(data: Any, source_name: str, env: dict[str, str] | None = None) -> StreamConfig:
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source_name}: expected a mapping of stream settings at the top level"])
+    try:
+        data = interpolate(data, dict(os.environ) if env is None else env)
+    except _MissingVar as e:
+        raise ConfigError([f"{source_name}: {e}"]) from None
+    try:
+        return StreamConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([f"{source_name}: {_format_error(err)}" for err in e.errors()]) from None
+
+
+def stream_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise ConfigError([f"{path}: no .yaml or .yml stream files in this folder"])
+        return files
+    if path.exists():
+        return [path]
+    raise ConfigError([f"{path}: no such file or folder"])
+
+
+def load_path(path: str | Path, env: dict[str, str] | None = None) -> list[StreamConfig]:
+    """Load one stream file or a folder of them; all problems of all files are reported."""
+    problems: list[str] = []
+    streams: list[StreamConfig] = []
+    for file in stream_files(Path(path)):
+        try:
+            text = file.read_text()
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problems.append(f"{file}:{where}: invalid YAML: {getattr(e, 'problem', e)}")
+            continue
+        except OSError as e:
+            problems.append(f"{file}: cannot read: {e.strerror}")
+            continue
+        try:
+            streams.append(parse_stream(data, str(file), env))
+        except ConfigError as e:
+            problems.extend(e.problems)
+    names: dict[str, int] = {}
+    for s in streams:
+        names[s.name] = names.get(s.name, 0) + 1
+    problems += [f"{path}: name: stream name {n!r} is used by {c} files" for n, c in names.items() if c > 1]
+    if problems:
+        raise ConfigError(problems)
+    return streams
+
+
+def json_schema() -> dict[str, Any]:
+    return StreamConfig.model_json_schema()

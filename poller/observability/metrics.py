@@ -1,0 +1,79 @@
+"""Prometheus metrics. Names follow `poller_` + base units + `_total` for counters.
+
+Label sets stay small and bounded: stream names come from config, shard ids
+from the source (a few hundred at most), outcomes and reasons from fixed sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS = Counter(
+    "poller_records_total",
+    "Records by outcome: received, written, filtered, failed, duplicate.",
+    ["stream", "outcome"],
+)
+BATCH_SIZE = Histogram(
+    "poller_batch_size",
+    "Records per committed batch.",
+    ["stream"],
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+BATCH_DURATION = Histogram(
+    "poller_batch_duration_seconds",
+    "Time from a batch's first commit attempt to its commit, retries included.",
+    ["stream"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RETRIES = Counter(
+    "poller_retries_total",
+    "Retried commits by error class (transient, record).",
+    ["stream", "error_class"],
+)
+BISECTIONS = Counter(
+    "poller_bisections_total", "Batches split in two to isolate a failing record.", ["stream"]
+)
+FAILED = Counter(
+    "poller_failed_records_total",
+    "Records sent to the on-failure destination (or dropped: destination=none).",
+    ["stream", "destination", "reason"],
+)
+SINK_ERRORS = Counter("poller_sink_errors_total", "Errors raised by the sink.", ["stream", "error_class"])
+SQS_INFLIGHT = Gauge("poller_sqs_inflight_messages", "SQS messages received and not yet deleted.", ["stream"])
+SQS_DELETED = Counter("poller_sqs_deleted_messages_total", "SQS messages deleted after commit.", ["stream"])
+SQS_RELEASED = Counter(
+    "poller_sqs_released_messages_total",
+    "SQS messages made visible again for a later retry.",
+    ["stream"],
+)
+SQS_VISIBILITY_EXTENSIONS = Counter(
+    "poller_sqs_visibility_extensions_total",
+    "In-flight messages whose visibility was extended.",
+    ["stream"],
+)
+ITERATOR_AGE = Gauge(
+    "poller_iterator_age_seconds",
+    "Now minus the arrival time of the last record processed on a shard.",
+    ["stream", "shard"],
+)
+MILLIS_BEHIND = Gauge(
+    "poller_millis_behind_latest",
+    "MillisBehindLatest of the last GetRecords call.",
+    ["stream", "shard"],
+)
+GET_RECORDS = Counter("poller_get_records_calls_total", "GetRecords calls.", ["stream", "shard"])
+THROTTLES = Counter(
+    "poller_throttles_total",
+    "Throttling errors from AWS (ProvisionedThroughputExceeded, KMS, SQS).",
+    ["stream", "operation"],
+)
+SHARDS = Gauge("poller_shards", "Shards by state: waiting_on_parent, reading, ended.", ["stream", "state"])
+BLOCKED = Gauge("poller_blocked", "1 while retries hold a shard (or SQS batch).", ["stream", "shard"])
+READY = Gauge("poller_stream_ready", "1 when the stream has reached its source and its sink.", ["stream"])
+LEASES_HELD = Gauge("poller_leases_held", "Shard leases held by this process.", ["stream"])
+TRIMMED = Counter(
+    "poller_trimmed_reads_total",
+    "Reads that found their position past the stream's retention (DynamoDB Streams "
+    "TrimmedDataAccessException): the records in between were lost.",
+    ["stream", "shard"],
+)

@@ -1,0 +1,323 @@
+"""What every sink does, whatever its database: one transaction per batch
+holding the rows, the checkpoints, the processed SQS message ids and the
+failure rows, so a crash at any point replays without writing twice.
+
+A dialect supplies the SQL; `SqlSink.commit` is the one place that decides the
+order of the statements and how errors are classified.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from poller.processing.mapping import Mapper, RowOp, last_op_per_key
+from poller.records import Checkpoint, MappingError, Record, RecordError, ShardState, TransientError
+from poller.sinks.coercion import CoercionError, Converter, coerce_row, row_coercer
+
+
+@dataclass(slots=True)
+class Failure:
+    """A record that goes to the on-failure destination, with why."""
+
+    record: Record
+    reason: str
+    error_class: str
+    error_message: str
+    attempts: int
+    first_failure_at: float
+    last_failure_at: float
+    dedup_id: str | None = None
+
+    def payload_text(self) -> tuple[str, str]:
+        """(payload, encoding): UTF-8 text when it is text, else base64."""
+        raw = self.record.raw_data
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode(), "base64"
+
+    def as_dict(self) -> dict[str, Any]:
+        payload, encoding = self.payload_text()
+        r = self.record
+        return {
+            "stream": r.stream,
+            "source": r.source,
+            "shard_id": r.shard_id,
+            "sequence_number": r.sequence_number,
+            "sub_sequence": r.sub_sequence,
+            "partition_key": r.partition_key,
+            "message_id": r.meta.get("message_id"),
+            "reason": self.reason,
+            "error_class": self.error_class,
+            "error_message": self.error_message,
+            "attempts": self.attempts,
+            "first_failure_at": self.first_failure_at,
+            "last_failure_at": self.last_failure_at,
+            "payload": payload,
+            "payload_encoding": encoding,
+        }
+
+
+@dataclass(slots=True)
+class MessageWrite:
+    """An SQS message's rows, written only if its id has not been processed before."""
+
+    message_id: str
+    ops: list[RowOp]
+
+
+@dataclass(slots=True)
+class Transaction:
+    stream: str
+    ops: list[RowOp] = field(default_factory=list)
+    messages: list[MessageWrite] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    # The records as read that this commit delivers to user code (handler and
+    # lambda sinks build the Lambda event from them; SQL sinks use `ops`).
+    # Filled by the failure policy, which knows what was delivered already.
+    records: list[Record] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CommitResult:
+    rows: int = 0
+    duplicates: int = 0  # messages already processed by an earlier delivery
+    duplicate_ids: set[str] = field(default_factory=set)
+
+
+class Sink(abc.ABC):
+    """The narrow surface the pipeline uses."""
+
+    kind: str = "sink"
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None: ...
+
+    @abc.abstractmethod
+    def prepare(self, record: Record) -> list[RowOp]:
+        """Map and coerce one record; raises MappingError for this record alone."""
+
+    @abc.abstractmethod
+    async def commit(self, tx: Transaction) -> CommitResult: ...
+
+    @abc.abstractmethod
+    async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]: ...
+
+    async def delete_checkpoints(self, stream: str, shard_ids: list[str]) -> None:  # noqa: B027
+        """Drop tombstones of shards whose children are all processing."""
+
+    async def processed_ids(self, stream: str, ids: list[str]) -> set[str]:
+        return set()
+
+    async def purge_processed(self, stream: str, older_than_seconds: float) -> int:
+        return 0
+
+
+class SqlSink(Sink):
+    """Template for the three databases; subclasses speak the dialect.
+
+    With `table=""` only the bookkeeping tables are used: the checkpoint store
+    of the handler and lambda sinks, whose records go to user code, not rows.
+    """
+
+    def __init__(
+        self,
+        mapper: Mapper,
+        table: str,
+        failures_table: str | None = "poller_failures",
+        checkpoints_table: str = "poller_checkpoints",
+        processed_table: str = "poller_processed",
+    ):
+        self.mapper = mapper
+        self.table = table
+        self.failures_table = failures_table
+        self.checkpoints_table = checkpoints_table
+        self.processed_table = processed_table
+        self.columns = mapper.columns
+        self.converters: list[Converter] = []
+        self._coerce = row_coercer([], [])
+        self._coerce_for: list[Converter] | None = None
+        self._coerce_len = -1
+
+    # -- the per-record part (no I/O) -------------------------------------------------
+
+    def prepare(self, record: Record) -> list[RowOp]:
+        ops = self.mapper.ops(record)
+        converters = self.converters
+        if self._coerce_for is not converters or self._coerce_len != len(converters):
+            # Compiled once the dialect has read the table's column types (in `open`).
+            self._coerce = row_coercer(converters, self.columns)
+            self._coerce_for, self._coerce_len = converters, len(converters)
+        coerce = self._coerce
+        key_index = self.mapper.key_index
+        # The mapper's ops are new objects for this call: coerced in place.
+        for op in ops:
+            try:
+                if op.values is None:
+                    op.key = coerce_row(op.key, [converters[i] for i in key_index], self.mapper.key)
+                    continue
+                values = coerce(op.values)
+            except CoercionError as e:
+                raise MappingError(str(e)) from e
+            op.values = values
+            op.key = tuple([values[i] for i in key_index])
+        return ops
+
+    # -- the transaction ---------------------------------------------------------------
+
+    async def commit(self, tx: Transaction) -> CommitResult:
+        result = CommitResult()
+        try:
+            async with self.transaction() as conn:
+                ops = list(tx.ops)
+                failures = tx.failures
+                if tx.messages:
+                    ids = [m.message_id for m in tx.messages]
+                    seen = await self.existing_ids(conn, tx.stream, ids)
+                    fresh = [m for m in tx.messages if m.message_id not in seen]
+                    try:
+                        await self.insert_ids(conn, tx.stream, [m.message_id for m in fresh])
+                    except Exception as e:
+                        if self.is_integrity_error(e):
+                            # Another poller committed the same message meanwhile:
+                            # retry, and the next attempt will see it as processed.
+                            raise TransientError(f"concurrent delivery of a message: {e}") from e
+                        raise
+                    for m in fresh:
+                        ops.extend(m.ops)
+                    result.duplicates = len(tx.messages) - len(fresh)
+                    result.duplicate_ids = seen
+                    failures = [f for f in failures if f.dedup_id is None or f.dedup_id not in seen]
+                final = last_op_per_key(ops)
+                upserts = [op.values for op in final if op.values is not None]
+                deletes = [op.key for op in final if op.values is None]
+                if upserts:
+                    await self.upsert(conn, upserts)
+                if deletes:
+                    await self.delete(conn, deletes)
+                if failures:
+                    await self.insert_failures(conn, failures)
+                if tx.checkpoints:
+                    await self.save_checkpoints(conn, tx.checkpoints)
+                result.rows = len(final)
+        except (TransientError, RecordError):
+            raise
+        except Exception as e:
+            raise self.classify(e) from e
+        return result
+
+    # -- dialect hooks -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def transaction(self) -> Any:
+        """An async context manager yielding a connection inside a transaction."""
+
+    @abc.abstractmethod
+    async def existing_ids(self, conn: Any, stream: str, ids: list[str]) -> set[str]: ...
+
+    @abc.abstractmethod
+    async def insert_ids(self, conn: Any, stream: str, ids: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def upsert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, conn: Any, keys: list[tuple[Any, ...]]) -> None: ...
+
+    @abc.abstractmethod
+    async def insert_failures(self, conn: Any, failures: list[Failure]) -> None: ...
+
+    @abc.abstractmethod
+    async def save_checkpoints(self, conn: Any, checkpoints: list[Checkpoint]) -> None: ...
+
+    @abc.abstractmethod
+    def classify(self, exc: BaseException) -> Exception:
+        """A TransientError or RecordError standing for this driver error."""
+
+    @abc.abstractmethod
+    def is_integrity_error(self, exc: BaseException) -> bool: ...
+
+    # -- shared SQL text ---------------------------------------------------------------
+
+    @staticmethod
+    def failure_row(f: Failure, now: float | None = None) -> tuple[Any, ...]:
+        payload, encoding = f.payload_text()
+        r = f.record
+        return (
+            r.stream,
+            r.shard_id,
+            r.sequence_number,
+            r.sub_sequence,
+            r.meta.get("message_id"),
+            f.reason,
+            f.error_class,
+            f.error_message[:4000],
+            payload,
+            encoding,
+            f.attempts,
+            _ts(f.first_failure_at),
+            _ts(f.last_failure_at),
+            _ts(now if now is not None else time.time()),
+        )
+
+    FAILURE_COLUMNS = (
+        "stream",
+        "shard_id",
+        "sequence_number",
+        "sub_sequence",
+        "message_id",
+        "reason",
+        "error_class",
+        "error_message",
+        "payload",
+        "payload_encoding",
+        "attempts",
+        "first_failure_at",
+        "last_failure_at",
+        "created_at",
+    )
+
+
+def checkpoint_row(c: Checkpoint) -> tuple[Any, ...]:
+    """A checkpoint as the column values every dialect stores."""
+    return (
+        c.stream,
+        c.shard_id,
+        c.sequence_number,
+        c.sub_sequence,
+        str(c.state),
+        ",".join(c.parent_shard_ids),
+    )
+
+
+def checkpoints_from_rows(stream: str, rows: Any) -> dict[str, Checkpoint]:
+    """Rows of (shard_id, sequence_number, sub_sequence, state, parent_shard_ids)."""
+    return {
+        r[0]: Checkpoint(
+            stream, r[0], r[1], int(r[2]), ShardState(r[3]), tuple(p for p in r[4].split(",") if p)
+        )
+        for r in rows
+    }
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+@asynccontextmanager
+async def nullcontext_async(value: Any) -> AsyncIterator[Any]:
+    yield value

@@ -1,0 +1,330 @@
+"""MySQL / MariaDB through aiomysql: one multi-row `INSERT ... ON DUPLICATE KEY
+UPDATE col = VALUES(col)` per batch (PyMySQL's executemany folds the rows into
+one statement). `VALUES(col)` rather than MySQL 8's `AS new` alias, which
+MariaDB 10.11 lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import aiomysql
+import pymysql
+
+from poller.processing.mapping import Mapper
+from poller.records import Checkpoint, RecordError, TransientError
+from poller.sinks import ddl
+from poller.sinks.base import Failure, SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.sinks.coercion import converter
+
+_KINDS = {
+    "tinyint": "int",
+    "smallint": "int",
+    "mediumint": "int",
+    "int": "int",
+    "bigint": "int",
+    "float": "float",
+    "double": "float",
+    "decimal": "decimal",
+    "char": "text",
+    "varchar": "text",
+    "text": "text",
+    "tinytext": "text",
+    "mediumtext": "text",
+    "longtext": "text",
+    "json": "json_text",
+    "datetime": "timestamp",
+    "timestamp": "timestamp",
+    "date": "date",
+    "blob": "bytes",
+    "longblob": "bytes",
+    "mediumblob": "bytes",
+    "varbinary": "bytes",
+    "binary": "bytes",
+}
+
+# Server errors that mean "the database, not the row": connection lost, lock wait
+# timeout, deadlock, read-only, too many connections, server shutting down.
+_TRANSIENT_CODES = {
+    1040,
+    1053,
+    1205,
+    1213,
+    1290,
+    1836,
+    2003,
+    2006,
+    2013,
+    2055,
+    1927,
+    1047,
+    1158,
+    1159,
+    1161,
+}
+_RECORD_CODES = {
+    1048,
+    1062,
+    1264,
+    1265,
+    1292,
+    1366,
+    1406,
+    1452,
+    1451,
+    3819,
+    4025,
+    1690,
+    1367,
+    1216,
+    1217,
+}
+
+
+def classify(exc: BaseException) -> Exception:
+    if isinstance(exc, TransientError | RecordError):
+        return exc
+    code = exc.args[0] if isinstance(exc, pymysql.err.MySQLError) and exc.args else None
+    if isinstance(code, int):
+        if code in _RECORD_CODES:
+            err = RecordError(f"mysql {code}: {exc.args[1] if len(exc.args) > 1 else exc}")
+            err.reason = (
+                "constraint_violation" if code in (1048, 1062, 1452, 1451, 3819, 4025) else "data_error"
+            )
+            return err
+        if code in _TRANSIENT_CODES or code >= 2000:
+            return TransientError(f"mysql {code}: {exc}")
+        return TransientError(f"mysql {code} (needs attention): {exc}")
+    if isinstance(exc, pymysql.err.IntegrityError | pymysql.err.DataError):
+        return RecordError(f"mysql: {exc}")
+    return TransientError(f"mysql unavailable: {type(exc).__name__}: {exc}")
+
+
+def q(name: str) -> str:
+    return ddl.quote_ident(name, "`")
+
+
+def parse_dsn(dsn: str) -> dict[str, Any]:
+    """mysql://user:pass@host:port/db?charset=utf8mb4 → aiomysql connect kwargs."""
+    u = urlparse(dsn)
+    if u.scheme not in ("mysql", "mariadb", "mysql+aiomysql"):
+        raise ValueError(f"not a mysql:// DSN: scheme {u.scheme!r}")
+    opts = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    return {
+        "host": u.hostname or "127.0.0.1",
+        "port": u.port or 3306,
+        "user": unquote(u.username or "root"),
+        "password": unquote(u.password or ""),
+        "db": (u.path or "/").lstrip("/") or None,
+        "charset": opts.get("charset", "utf8mb4"),
+    }
+
+
+class MysqlSink(SqlSink):
+    kind = "mysql"
+
+    def __init__(self, dsn: str, mapper: Mapper, table: str, pool_size: int = 2, **kw: Any):
+        super().__init__(mapper, table, **kw)
+        self.connect_args = parse_dsn(dsn)
+        self.pool_size = pool_size
+        self.pool: aiomysql.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self.pool = await aiomysql.create_pool(
+                minsize=1,
+                maxsize=self.pool_size,
+                autocommit=False,
+                connect_timeout=10,
+                init_command="SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
+                "time_zone = '+00:00'",
+                **self.connect_args,
+            )
+            async with self.pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute("SELECT GET_LOCK('poller_ddl', 30)")
+                try:
+                    for stmt in ddl.bookkeeping(
+                        ddl.MYSQL,
+                        "`",
+                        q(self.checkpoints_table),
+                        q(self.processed_table),
+                        q(self.failures_table) if self.failures_table else None,
+                        suffix=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+                    ):
+                        await cur.execute(stmt)
+                    if self.mapper.append and self.table:
+                        await cur.execute(
+                            ddl.append_table(
+                                ddl.MYSQL, q(self.table), " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                            )
+                        )
+                finally:
+                    await cur.execute("SELECT RELEASE_LOCK('poller_ddl')")
+                if self.table:  # else bookkeeping only
+                    await self._describe(cur)
+                await conn.commit()
+        except (TransientError, RecordError):
+            await self.close()
+            raise
+        except Exception as e:
+            await self.close()
+            raise classify(e) from e
+
+    async def _describe(self, cur: Any) -> None:
+        schema, _, name = self.table.rpartition(".")
+        await cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = COALESCE(NULLIF(%s, ''), DATABASE()) AND TABLE_NAME = %s",
+            (schema, name),
+        )
+        types = {r[0]: r[1].lower() for r in await cur.fetchall()}
+        if not types:
+            raise TransientError(
+                f"table {self.table} does not exist (create it, or drop `columns` for append mode)"
+            )
+        missing = [c for c in self.columns if c not in types]
+        if missing:
+            raise TransientError(f"table {self.table} has no column(s) {missing}")
+        self.converters = [converter(_KINDS.get(types[c], "other")) for c in self.columns]
+        cols = ", ".join(q(c) for c in self.columns)
+        ph = ", ".join(["%s"] * len(self.columns))
+        updates = [f"{q(c)} = VALUES({q(c)})" for c in self.columns if c not in self.mapper.key]
+        if self.mapper.append or not updates:
+            # A no-op update rather than INSERT IGNORE, which would also swallow data errors.
+            k = q(self.mapper.key[0])
+            updates = [f"{k} = {k}"]
+        self._upsert_sql = (
+            f"INSERT INTO {q(self.table)} ({cols}) VALUES ({ph}) ON DUPLICATE KEY UPDATE {', '.join(updates)}"
+        )
+        where = " AND ".join(f"{q(k)} = %s" for k in self.mapper.key)
+        self._delete_sql = f"DELETE FROM {q(self.table)} WHERE {where}"
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.close()
+            try:
+                await asyncio.wait_for(pool.wait_closed(), 5)
+            except (TimeoutError, Exception):
+                pool.terminate()
+
+    async def ping(self) -> None:
+        try:
+            async with self.transaction() as cur:
+                await cur.execute("SELECT 1")
+        except Exception as e:
+            raise classify(e) from e
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        if self.pool is None:
+            raise TransientError("mysql sink is not open")
+        async with self.pool.acquire() as conn:
+            try:
+                await conn.begin()
+                async with conn.cursor() as cur:
+                    yield cur
+                await conn.commit()
+            except BaseException:
+                try:
+                    await asyncio.wait_for(conn.rollback(), 5)
+                except Exception:
+                    conn.close()  # a connection in an unknown state must not go back to the pool
+                raise
+
+    async def existing_ids(self, conn: Any, stream: str, ids: list[str]) -> set[str]:
+        ph = ", ".join(["%s"] * len(ids))
+        await conn.execute(
+            f"SELECT message_id FROM {q(self.processed_table)} WHERE stream = %s AND message_id IN ({ph})",
+            (stream, *ids),
+        )
+        return {r[0] for r in await conn.fetchall()}
+
+    async def insert_ids(self, conn: Any, stream: str, ids: list[str]) -> None:
+        if ids:
+            await conn.executemany(
+                f"INSERT INTO {q(self.processed_table)} (stream, message_id) VALUES (%s, %s)",
+                [(stream, i) for i in ids],
+            )
+
+    async def upsert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        await conn.executemany(self._upsert_sql, rows)
+
+    async def delete(self, conn: Any, keys: list[tuple[Any, ...]]) -> None:
+        await conn.executemany(self._delete_sql, keys)
+
+    async def insert_failures(self, conn: Any, failures: list[Failure]) -> None:
+        assert self.failures_table
+        cols = ", ".join(self.FAILURE_COLUMNS)
+        ph = ", ".join(["%s"] * len(self.FAILURE_COLUMNS))
+        rows = [
+            tuple(v.replace(tzinfo=None) if hasattr(v, "tzinfo") else v for v in self.failure_row(f))
+            for f in failures
+        ]
+        await conn.executemany(f"INSERT INTO {q(self.failures_table)} ({cols}) VALUES ({ph})", rows)
+
+    async def save_checkpoints(self, conn: Any, checkpoints: list[Checkpoint]) -> None:
+        await conn.executemany(
+            f"""INSERT INTO {q(self.checkpoints_table)}
+                (stream, shard_id, sequence_number, sub_sequence, state, parent_shard_ids)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                ON DUPLICATE KEY UPDATE sequence_number = VALUES(sequence_number),
+                  sub_sequence = VALUES(sub_sequence), state = VALUES(state),
+                  parent_shard_ids = VALUES(parent_shard_ids), updated_at = CURRENT_TIMESTAMP(6)""",
+            [checkpoint_row(c) for c in checkpoints],
+        )
+
+    async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:
+        try:
+            async with self.transaction() as cur:
+                await cur.execute(
+                    f"SELECT shard_id, sequence_number, sub_sequence, state, parent_shard_ids "
+                    f"FROM {q(self.checkpoints_table)} WHERE stream = %s",
+                    (stream,),
+                )
+                rows = await cur.fetchall()
+        except Exception as e:
+            raise classify(e) from e
+        return checkpoints_from_rows(stream, rows)
+
+    async def delete_checkpoints(self, stream: str, shard_ids: list[str]) -> None:
+        if not shard_ids:
+            return
+        try:
+            async with self.transaction() as cur:
+                ph = ", ".join(["%s"] * len(shard_ids))
+                await cur.execute(
+                    f"DELETE FROM {q(self.checkpoints_table)} WHERE stream = %s AND shard_id IN ({ph})",
+                    (stream, *shard_ids),
+                )
+        except Exception as e:
+            raise classify(e) from e
+
+    async def processed_ids(self, stream: str, ids: list[str]) -> set[str]:
+        try:
+            async with self.transaction() as cur:
+                return await self.existing_ids(cur, stream, ids)
+        except Exception as e:
+            raise classify(e) from e
+
+    async def purge_processed(self, stream: str, older_than_seconds: float) -> int:
+        try:
+            async with self.transaction() as cur:
+                n = await cur.execute(
+                    f"DELETE FROM {q(self.processed_table)} WHERE stream = %s "
+                    f"AND processed_at < CURRENT_TIMESTAMP(6) - INTERVAL %s SECOND",
+                    (stream, int(older_than_seconds)),
+                )
+        except Exception as e:
+            raise classify(e) from e
+        return int(n or 0)
+
+    def classify(self, exc: BaseException) -> Exception:
+        return classify(exc)
+
+    def is_integrity_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, pymysql.err.IntegrityError)

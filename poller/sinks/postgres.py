@@ -1,0 +1,289 @@
+"""PostgreSQL through asyncpg: binary COPY into a per-connection staging table,
+then one `INSERT ... SELECT ... ON CONFLICT` into the target.
+
+The staging table is a session TEMP table created once per pooled connection
+(`ON COMMIT DELETE ROWS`), so a batch costs two statements whatever its size.
+Columns whose type the binary COPY cannot take from plain Python values (json,
+arrays, enums, ...) are staged as text and cast by the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from poller.processing.mapping import Mapper
+from poller.records import Checkpoint, RecordError, TransientError
+from poller.sinks import ddl
+from poller.sinks.base import Failure, SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.sinks.coercion import converter
+
+_KINDS = {
+    "int2": "int",
+    "int4": "int",
+    "int8": "int",
+    "float4": "float",
+    "float8": "float",
+    "numeric": "decimal",
+    "text": "text",
+    "varchar": "text",
+    "bpchar": "text",
+    "name": "text",
+    "bool": "bool",
+    "timestamptz": "timestamptz",
+    "timestamp": "timestamp",
+    "date": "date",
+    "uuid": "uuid",
+    "bytea": "bytes",
+}
+
+_TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
+_TRANSIENT_STATES = {"25006", "25P03"}  # read-only transaction, idle-in-transaction timeout
+_RECORD_CLASSES = ("22", "23", "P0")
+
+
+def classify(exc: BaseException) -> Exception:
+    if isinstance(exc, TransientError | RecordError):
+        return exc
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        if state in _TRANSIENT_STATES or state.startswith(_TRANSIENT_CLASSES):
+            return TransientError(f"postgres {state}: {exc}")
+        if state.startswith(_RECORD_CLASSES):
+            err = RecordError(f"postgres {state}: {exc}")
+            err.reason = "constraint_violation" if state.startswith("23") else "data_error"
+            return err
+        # Undefined table/column, permissions: an operator must act; wait, lose nothing.
+        return TransientError(f"postgres {state} (needs attention): {exc}")
+    return TransientError(f"postgres unavailable: {type(exc).__name__}: {exc}")
+
+
+def q(name: str) -> str:
+    return ddl.quote_ident(name)
+
+
+class PostgresSink(SqlSink):
+    kind = "postgres"
+
+    def __init__(self, dsn: str, mapper: Mapper, table: str, pool_size: int = 2, **kw: Any):
+        super().__init__(mapper, table, **kw)
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.pool: asyncpg.Pool | None = None
+        self._stage = f"poller_stage_{zlib.crc32(repr((table, self.columns)).encode()):08x}"
+        self._stage_ddl = ""
+        self._upsert_sql = ""
+        self._delete_sql = ""
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=10)
+        except Exception as e:
+            raise classify(e) from e
+        try:
+            async with conn.transaction():
+                # Several replicas may start at once; CREATE TABLE IF NOT EXISTS races.
+                await conn.execute("SELECT pg_advisory_xact_lock(727274)")
+                for stmt in ddl.bookkeeping(
+                    ddl.POSTGRES,
+                    '"',
+                    q(self.checkpoints_table),
+                    q(self.processed_table),
+                    q(self.failures_table) if self.failures_table else None,
+                ):
+                    await conn.execute(stmt)
+                await conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS poller_processed_at "
+                    f"ON {q(self.processed_table)} (processed_at)"
+                )
+                if self.mapper.append and self.table:
+                    await conn.execute(ddl.append_table(ddl.POSTGRES, q(self.table)))
+            if self.table:  # else bookkeeping only
+                await self._describe(conn)
+        except (TransientError, RecordError):
+            raise
+        except Exception as e:
+            raise classify(e) from e
+        finally:
+            await conn.close()
+        try:
+            self.pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, init=self._init_conn, timeout=10
+            )
+        except Exception as e:
+            raise classify(e) from e
+
+    async def _describe(self, conn: asyncpg.Connection) -> None:
+        rows = await conn.fetch(
+            """SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod) AS full_type
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+               WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
+            q(self.table),
+        )
+        if not rows:
+            raise TransientError(
+                f"table {self.table} does not exist (create it, or drop `columns` for append mode)"
+            )
+        types = {r["attname"]: (r["typname"], r["full_type"]) for r in rows}
+        missing = [c for c in self.columns if c not in types]
+        if missing:
+            raise TransientError(f"table {self.table} has no column(s) {missing}")
+        stage_cols, select_cols, self.converters = [], [], []
+        for c in self.columns:
+            typname, full = types[c]
+            kind = _KINDS.get(typname)
+            if kind is None:
+                stage_cols.append(f"{q(c)} text")
+                select_cols.append(f"CAST({q(c)} AS {full})")
+                self.converters.append(converter("json_text" if typname in ("json", "jsonb") else "text"))
+            else:
+                stage_cols.append(f"{q(c)} {full}")
+                select_cols.append(q(c))
+                self.converters.append(converter(kind))
+        self._stage_ddl = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} ({', '.join(stage_cols)}) ON COMMIT DELETE ROWS"
+        )
+        cols = ", ".join(q(c) for c in self.columns)
+        keys = ", ".join(q(k) for k in self.mapper.key)
+        updates = [f"{q(c)} = EXCLUDED.{q(c)}" for c in self.columns if c not in self.mapper.key]
+        action = "DO NOTHING" if self.mapper.append or not updates else "DO UPDATE SET " + ", ".join(updates)
+        self._upsert_sql = (
+            f"INSERT INTO {q(self.table)} ({cols}) SELECT {', '.join(select_cols)} FROM {self._stage} "
+            f"ON CONFLICT ({keys}) {action}"
+        )
+        where = " AND ".join(f"{q(k)} = ${i + 1}" for i, k in enumerate(self.mapper.key))
+        self._delete_sql = f"DELETE FROM {q(self.table)} WHERE {where}"
+        self._key_types = [types[k][1] for k in self.mapper.key]
+
+    async def _init_conn(self, conn: asyncpg.Connection) -> None:
+        if self._stage_ddl:
+            await conn.execute(self._stage_ddl)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except (TimeoutError, Exception):
+                pool.terminate()
+
+    async def ping(self) -> None:
+        try:
+            assert self.pool is not None
+            async with self.pool.acquire(timeout=5) as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as e:
+            raise classify(e) from e
+
+    # -- transaction parts -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        if self.pool is None:
+            raise TransientError("postgres sink is not open")
+        async with self.pool.acquire(timeout=30) as conn, conn.transaction():
+            yield conn
+
+    async def existing_ids(self, conn: Any, stream: str, ids: list[str]) -> set[str]:
+        rows = await conn.fetch(
+            f"SELECT message_id FROM {q(self.processed_table)} "
+            f"WHERE stream = $1 AND message_id = ANY($2::text[])",
+            stream,
+            ids,
+        )
+        return {r[0] for r in rows}
+
+    async def insert_ids(self, conn: Any, stream: str, ids: list[str]) -> None:
+        if ids:
+            await conn.execute(
+                f"INSERT INTO {q(self.processed_table)} (stream, message_id) SELECT $1, unnest($2::text[])",
+                stream,
+                ids,
+            )
+
+    async def upsert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        await conn.copy_records_to_table(self._stage, records=rows, columns=self.columns)
+        await conn.execute(self._upsert_sql)
+
+    async def delete(self, conn: Any, keys: list[tuple[Any, ...]]) -> None:
+        await conn.executemany(self._delete_sql, keys)
+
+    async def insert_failures(self, conn: Any, failures: list[Failure]) -> None:
+        assert self.failures_table
+        cols = ", ".join(self.FAILURE_COLUMNS)
+        ph = ", ".join(f"${i + 1}" for i in range(len(self.FAILURE_COLUMNS)))
+        await conn.executemany(
+            f"INSERT INTO {q(self.failures_table)} ({cols}) VALUES ({ph})",
+            [self.failure_row(f) for f in failures],
+        )
+
+    async def save_checkpoints(self, conn: Any, checkpoints: list[Checkpoint]) -> None:
+        await conn.executemany(
+            f"""INSERT INTO {q(self.checkpoints_table)}
+                (stream, shard_id, sequence_number, sub_sequence, state, parent_shard_ids, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, now())
+                ON CONFLICT (stream, shard_id) DO UPDATE SET
+                  sequence_number = EXCLUDED.sequence_number, sub_sequence = EXCLUDED.sub_sequence,
+                  state = EXCLUDED.state, parent_shard_ids = EXCLUDED.parent_shard_ids,
+                  updated_at = now()""",
+            [checkpoint_row(c) for c in checkpoints],
+        )
+
+    # -- reads outside the batch transaction -------------------------------------------
+
+    async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:
+        try:
+            assert self.pool is not None
+            rows = await self.pool.fetch(
+                f"SELECT shard_id, sequence_number, sub_sequence, state, parent_shard_ids "
+                f"FROM {q(self.checkpoints_table)} WHERE stream = $1",
+                stream,
+            )
+        except Exception as e:
+            raise classify(e) from e
+        return checkpoints_from_rows(stream, [tuple(r) for r in rows])
+
+    async def delete_checkpoints(self, stream: str, shard_ids: list[str]) -> None:
+        try:
+            assert self.pool is not None
+            await self.pool.execute(
+                f"DELETE FROM {q(self.checkpoints_table)} WHERE stream = $1 AND shard_id = ANY($2::text[])",
+                stream,
+                shard_ids,
+            )
+        except Exception as e:
+            raise classify(e) from e
+
+    async def processed_ids(self, stream: str, ids: list[str]) -> set[str]:
+        try:
+            assert self.pool is not None
+            async with self.pool.acquire(timeout=30) as conn:
+                return await self.existing_ids(conn, stream, ids)
+        except Exception as e:
+            raise classify(e) from e
+
+    async def purge_processed(self, stream: str, older_than_seconds: float) -> int:
+        try:
+            assert self.pool is not None
+            status = await self.pool.execute(
+                f"DELETE FROM {q(self.processed_table)} WHERE stream = $1 "
+                f"AND processed_at < now() - make_interval(secs => $2)",
+                stream,
+                float(older_than_seconds),
+            )
+        except Exception as e:
+            raise classify(e) from e
+        return int(status.split()[-1])
+
+    def classify(self, exc: BaseException) -> Exception:
+        return classify(exc)
+
+    def is_integrity_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, asyncpg.IntegrityConstraintViolationError)

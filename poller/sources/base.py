@@ -1,0 +1,36 @@
+"""What every source is handed by the stream runner."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from poller.config import StreamConfig
+from poller.destinations import Destination
+from poller.processing.pipeline import Preparer
+from poller.sinks.base import Sink
+
+
+class SourceConsumer:
+    """The stream's config, where rows go, where failures go, how records
+    become commit units, and how to report readiness; `run` until `stop`."""
+
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        sink: Sink,
+        destination: Destination,
+        preparer: Preparer,
+        on_source_ready: Callable[[], None],
+        on_health: Callable[[bool], None],
+    ):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.sink = sink
+        self.destination = destination
+        self.preparer = preparer
+        self.on_source_ready = on_source_ready
+        self.on_health = on_health
+
+    async def run(self, stop: asyncio.Event) -> None:
+        raise NotImplementedError

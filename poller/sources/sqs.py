@@ -1,0 +1,450 @@
+"""SQS: competing long-pollers, batches committed with their message ids, then
+deleted; visibility kept alive while a message is being worked on.
+
+Exactly once into the database comes from the `poller_processed` table: a
+message id is written in the same transaction as its rows, so a redelivery
+(visibility expired before the delete, or a crash after the commit) is
+recognised and only deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from poller.aws import aws_client, classify_aws, error_code, is_throttling
+from poller.config import SqsSource, StreamConfig
+from poller.destinations import Destination
+from poller.observability import metrics
+from poller.observability.logging import get_logger
+from poller.processing.batching import take_batch
+from poller.processing.failures import Decision, FailurePolicy, Unit, count_failures
+from poller.processing.pipeline import Preparer
+from poller.records import SQS, Record, RecordError, TransientError
+from poller.sinks.base import MessageWrite, Sink, Transaction
+from poller.sources import fast_parse
+from poller.sources.base import SourceConsumer
+
+log = get_logger()
+
+
+@dataclass(slots=True)
+class InFlight:
+    message_id: str
+    receipt_handle: str
+    group_id: str | None
+    receive_count: int
+    extended_at: float  # monotonic time the visibility was last set
+    lane: int
+
+
+def to_record(msg: dict[str, Any], stream: str, queue_arn: str, region: str) -> Record:
+    attrs = msg.get("Attributes", {})
+    body = msg.get("Body", "")
+    raw = body.encode("utf-8")
+    message_attributes = {
+        k: v.get("StringValue", v.get("BinaryValue")) for k, v in msg.get("MessageAttributes", {}).items()
+    }
+    group = attrs.get("MessageGroupId")
+    sent = attrs.get("SentTimestamp")
+    return Record(
+        source=SQS,
+        stream=stream,
+        shard_id=group or "",
+        sequence_number=msg["MessageId"],
+        data=raw,
+        raw_data=raw,
+        arrival_time=int(sent) / 1000.0 if sent else time.time(),
+        meta={
+            "message_id": msg["MessageId"],
+            "group_id": group,
+            "attributes": attrs,
+            "message_attributes": message_attributes,
+            "receive_count": int(attrs.get("ApproximateReceiveCount", "1")),
+        },
+        raw=msg,
+        event_source_arn=queue_arn,
+        region=region,
+    )
+
+
+class SqsConsumer(SourceConsumer):
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        sink: Sink,
+        destination: Destination,
+        preparer: Preparer,
+        on_source_ready: Callable[[], None],
+        on_health: Callable[[bool], None],
+    ):
+        super().__init__(cfg, sink, destination, preparer, on_source_ready, on_health)
+        assert isinstance(cfg.source, SqsSource)
+        self.src: SqsSource = cfg.source
+        self.inflight: dict[str, InFlight] = {}
+        self._capacity = asyncio.Condition()
+        self.lanes = max(1, self.src.max_concurrency)
+        self.queues: list[asyncio.Queue[Record]] = [asyncio.Queue() for _ in range(self.lanes)]
+        self._rr = 0
+        self.visibility = 30
+        self.fifo = self.src.queue_url.endswith(".fifo")
+        self.queue_arn = ""
+        self.region = ""
+        self.client: Any = None
+        self._busy = 0
+        self._inflight_gauge = metrics.SQS_INFLIGHT.labels(self.name)
+        self._received = metrics.RECORDS.labels(self.name, "received")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from poller.aws import region_of
+
+        self.region = region_of(self.src.region)
+        async with aws_client(
+            "sqs", self.src.region, self.src.endpoint_url, read_timeout=self.src.wait_seconds + 15
+        ) as client:
+            self.client = client
+            fast_parse.install(client, ["ReceiveMessage"])
+            await self._describe(stop)
+            self.on_source_ready()
+            pollers = [
+                asyncio.create_task(self._poll(stop), name=f"{self.name}-poll-{i}")
+                for i in range(self.src.max_concurrency)
+            ]
+            workers = [
+                asyncio.create_task(self._work(lane), name=f"{self.name}-work-{lane}")
+                for lane in range(self.lanes)
+            ]
+            keeper = asyncio.create_task(self._keep_visible(), name=f"{self.name}-visibility")
+            purger = asyncio.create_task(self._purge(), name=f"{self.name}-purge")
+            try:
+                await stop.wait()
+                # Stop receiving, finish what we hold.
+                for t in pollers:
+                    t.cancel()
+                await asyncio.gather(*pollers, return_exceptions=True)
+                # Everything received is either committed and deleted, or released.
+                while self.inflight:  # noqa: ASYNC110 - emptied by several tasks
+                    await asyncio.sleep(0.05)
+            finally:
+                for t in [*pollers, *workers, keeper, purger]:
+                    t.cancel()
+                await asyncio.gather(*pollers, *workers, keeper, purger, return_exceptions=True)
+                await self._release_all()
+
+    async def _describe(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while True:
+            try:
+                resp = await self.client.get_queue_attributes(
+                    QueueUrl=self.src.queue_url,
+                    AttributeNames=["VisibilityTimeout", "QueueArn", "FifoQueue"],
+                )
+                break
+            except Exception as e:
+                err = classify_aws(e)
+                if isinstance(err, RecordError):
+                    raise RuntimeError(f"queue {self.src.queue_url}: {e}") from e
+                attempt += 1
+                log.warning("queue unreachable, retrying", stream=self.name, error=str(e), attempt=attempt)
+                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+        attrs = resp.get("Attributes", {})
+        self.visibility = self.src.visibility_timeout_seconds or int(attrs.get("VisibilityTimeout", "30"))
+        self.fifo = attrs.get("FifoQueue") == "true" or self.fifo
+        self.queue_arn = attrs.get("QueueArn", "")
+        log.info("queue ready", stream=self.name, visibility_timeout=self.visibility, fifo=self.fifo)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            async with self._capacity:
+                await self._capacity.wait_for(lambda: len(self.inflight) < self.src.max_inflight_messages)
+                room = min(10, self.src.max_inflight_messages - len(self.inflight))
+            try:
+                resp = await self.client.receive_message(
+                    QueueUrl=self.src.queue_url,
+                    MaxNumberOfMessages=room,
+                    WaitTimeSeconds=self.src.wait_seconds,
+                    MessageSystemAttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                    VisibilityTimeout=self.visibility,
+                )
+                if failures > 3:
+                    self.on_health(True)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                if is_throttling(e):
+                    metrics.THROTTLES.labels(self.name, "ReceiveMessage").inc()
+                if failures > 3:
+                    self.on_health(False)
+                log.warning("receive failed, retrying", stream=self.name, error=str(e), attempt=failures)
+                await asyncio.sleep(min(20.0, 0.2 * 2**failures))
+                continue
+            now = time.monotonic()
+            for msg in resp.get("Messages", []):
+                record = to_record(msg, self.name, self.queue_arn, self.region)
+                group = record.meta["group_id"]
+                lane = self._lane(group)
+                self.inflight[msg["MessageId"]] = InFlight(
+                    msg["MessageId"],
+                    msg["ReceiptHandle"],
+                    group,
+                    record.meta["receive_count"],
+                    now,
+                    lane,
+                )
+                self._received.inc()
+                self.queues[lane].put_nowait(record)
+            self._inflight_gauge.set(len(self.inflight))
+
+    def _lane(self, group: str | None) -> int:
+        # A FIFO group always goes to the same lane so its messages stay in order.
+        if group is not None:
+            return zlib.crc32(group.encode()) % self.lanes
+        self._rr = (self._rr + 1) % self.lanes
+        return self._rr
+
+    # -- processing --------------------------------------------------------------------
+
+    async def _work(self, lane: int) -> None:
+        queue = self.queues[lane]
+        while True:
+            batch = await take_batch(queue, self.cfg.batch.size, self.cfg.batch.window_seconds)
+            self._busy += 1
+            try:
+                await self._process(batch)
+            finally:
+                self._busy -= 1
+
+    async def _process(self, records: list[Record]) -> None:
+        # A message received again while it waited in the lane (its visibility
+        # ran out) is one unit, not two: twice in one transaction its id would
+        # collide with itself on every retry.
+        records = list({r.sequence_number: r for r in records}.values())
+        ids = [r.sequence_number for r in records]
+        try:
+            done_before = await self.sink.processed_ids(self.name, ids)
+        except TransientError:
+            done_before = set()  # the transaction checks again
+        if done_before:
+            metrics.RECORDS.labels(self.name, "duplicate").inc(len(done_before))
+            await self._delete([i for i in ids if i in done_before])
+            records = [r for r in records if r.sequence_number not in done_before]
+        if not records:
+            return
+        if self.fifo:
+            # SQS hands a group's messages out in order; sorting by the FIFO
+            # sequence number keeps that order even if two receives raced.
+            records.sort(key=lambda r: int(r.meta["attributes"].get("SequenceNumber", "0")))
+        units = [
+            self.preparer.message_unit(r, self.inflight.get(r.sequence_number), i)
+            for i, r in enumerate(records)
+        ]
+        for u in units:
+            if u.failure is not None and self.destination.name == "none":
+                u.failure, u.released = None, True  # left to the queue's redrive policy
+        stopped: dict[str, int] = {}
+
+        def decide(u: Unit, _: RecordError) -> Decision:
+            count = u.source.meta.get("receive_count", 1)
+            # SQS counts the attempts: each one was a delivery.
+            u.attempts = max(u.attempts, count)
+            if self.fifo and u.source.meta.get("group_id") is not None:
+                g = u.source.meta["group_id"]
+                stopped[g] = min(stopped.get(g, u.index), u.index)
+            if count >= self.cfg.retry.max_attempts and self.destination.name != "none":
+                return "fail"
+            return "release"
+
+        def skip(u: Unit) -> bool:
+            g = u.source.meta.get("group_id")
+            return g is not None and g in stopped and u.index > stopped[g]
+
+        for u in units:  # a FIFO group stops at its first failed message
+            if u.released and self.fifo and u.source.meta.get("group_id") is not None:
+                g = u.source.meta["group_id"]
+                stopped[g] = min(stopped.get(g, u.index), u.index)
+
+        policy = FailurePolicy(
+            self.name,
+            self.cfg.retry,
+            self.sink,
+            self.destination,
+            build_tx=self._transaction,
+            decide=decide,
+            skip=skip if self.fifo else (lambda u: False),
+            on_health=self.on_health,
+            ordered=False,  # a message reported failed holds back no other (FIFO: `skip` does)
+        )
+        results = await policy.commit(units)
+        committed = [u for u in units if not u.released]
+        rows = sum(r.rows for r in results)
+        dup_ids: set[str] = set().union(*(r.duplicate_ids for r in results)) if results else set()
+        written = sum(
+            1
+            for u in committed
+            if u.failure is None and not u.filtered and u.source.sequence_number not in dup_ids
+        )
+        metrics.RECORDS.labels(self.name, "written").inc(written)
+        if dup_ids:
+            metrics.RECORDS.labels(self.name, "duplicate").inc(len(dup_ids))
+        metrics.BATCH_SIZE.labels(self.name).observe(len(committed))
+        count_failures(self.name, self.destination, committed)
+        log.debug("batch committed", stream=self.name, messages=len(committed), rows=rows)
+        await self._delete([u.source.sequence_number for u in committed])
+        released = [u for u in units if u.released]
+        if released:
+            await self._release(released)
+
+    def _transaction(self, units: list[Unit]) -> Transaction:
+        tx = Transaction(stream=self.name)
+        for u in units:
+            tx.messages.append(MessageWrite(u.source.sequence_number, u.ops if u.failure is None else []))
+            if u.failure is not None and self.destination.in_transaction:
+                tx.failures.append(u.failure)
+        return tx
+
+    # -- acknowledging -----------------------------------------------------------------
+
+    async def _delete(self, message_ids: list[str]) -> None:
+        held = [self.inflight[m] for m in message_ids if m in self.inflight]
+        for start in range(0, len(held), 10):
+            chunk = held[start : start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)]
+            for attempt in range(5):
+                try:
+                    resp = await self.client.delete_message_batch(
+                        QueueUrl=self.src.queue_url, Entries=entries
+                    )
+                except Exception as e:
+                    log.warning(
+                        "delete failed, retrying",
+                        stream=self.name,
+                        error=str(e),
+                        attempt=attempt + 1,
+                    )
+                    await asyncio.sleep(0.2 * 2**attempt)
+                    continue
+                # An invalid receipt handle means the message was received again
+                # elsewhere; that delivery will find it processed and delete it.
+                retry_ids = {
+                    f["Id"]
+                    for f in resp.get("Failed", [])
+                    if not f.get("SenderFault") or "Receipt" not in f.get("Code", "")
+                }
+                metrics.SQS_DELETED.labels(self.name).inc(len(entries) - len(resp.get("Failed", [])))
+                entries = [e for e in entries if e["Id"] in retry_ids]
+                if not entries:
+                    break
+                await asyncio.sleep(0.2 * 2**attempt)
+        await self._forget(message_ids)
+
+    async def _release(self, units: list[Unit]) -> None:
+        """Make failed messages visible again after a backoff that grows with
+        their receive count (no destination: the queue's redrive policy decides)."""
+        r = self.cfg.retry
+        for u in units:
+            held = self.inflight.get(u.source.sequence_number)
+            if held is None:
+                continue
+            delay = min(
+                r.backoff_max_seconds,
+                r.backoff_initial_seconds * 2 ** max(0, held.receive_count - 1),
+            )
+            try:
+                await self.client.change_message_visibility(
+                    QueueUrl=self.src.queue_url,
+                    ReceiptHandle=held.receipt_handle,
+                    VisibilityTimeout=math.ceil(delay),
+                )
+            except Exception as e:
+                log.warning(
+                    "could not release message",
+                    stream=self.name,
+                    message_id=held.message_id,
+                    error=str(e),
+                )
+        metrics.SQS_RELEASED.labels(self.name).inc(len(units))
+        await self._forget([u.source.sequence_number for u in units])
+
+    async def _release_all(self) -> None:
+        """On shutdown, hand what we still hold back to the queue at once."""
+        held = list(self.inflight.values())
+        for start in range(0, len(held), 10):
+            chunk = held[start : start + 10]
+            try:
+                await self.client.change_message_visibility_batch(
+                    QueueUrl=self.src.queue_url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+                        for i, m in enumerate(chunk)
+                    ],
+                )
+            except Exception as e:
+                log.warning("could not release messages on stop", stream=self.name, error=str(e))
+        self.inflight.clear()
+        self._inflight_gauge.set(0)
+
+    async def _forget(self, message_ids: list[str]) -> None:
+        for m in message_ids:
+            self.inflight.pop(m, None)
+        self._inflight_gauge.set(len(self.inflight))
+        async with self._capacity:
+            self._capacity.notify_all()
+
+    # -- background --------------------------------------------------------------------
+
+    async def _keep_visible(self) -> None:
+        """Extend the visibility of messages still being worked on at half the timeout."""
+        half = self.visibility / 2
+        while True:
+            await asyncio.sleep(max(0.5, min(half / 2, 5.0)))
+            now = time.monotonic()
+            due = [m for m in list(self.inflight.values()) if now - m.extended_at >= half]
+            for start in range(0, len(due), 10):
+                chunk = due[start : start + 10]
+                try:
+                    await self.client.change_message_visibility_batch(
+                        QueueUrl=self.src.queue_url,
+                        Entries=[
+                            {
+                                "Id": str(i),
+                                "ReceiptHandle": m.receipt_handle,
+                                "VisibilityTimeout": self.visibility,
+                            }
+                            for i, m in enumerate(chunk)
+                        ],
+                    )
+                except Exception as e:
+                    log.warning(
+                        "visibility extension failed",
+                        stream=self.name,
+                        error=str(e),
+                        code=error_code(e),
+                    )
+                    continue
+                for m in chunk:
+                    m.extended_at = now
+                metrics.SQS_VISIBILITY_EXTENSIONS.labels(self.name).inc(len(chunk))
+
+    async def _purge(self) -> None:
+        """Processed ids are only needed while SQS could redeliver the message."""
+        while True:
+            try:
+                n = await self.sink.purge_processed(self.name, self.src.idempotency_retention_seconds)
+                if n:
+                    log.info("purged processed message ids", stream=self.name, rows=n)
+            except TransientError as e:
+                log.warning("purge of processed ids failed", stream=self.name, error=str(e))
+            await asyncio.sleep(3600)
