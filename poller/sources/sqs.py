@@ -193,6 +193,18 @@ class SqsConsumer(SourceConsumer):
                 continue
             now = time.monotonic()
             for msg in resp.get("Messages", []):
+                self._received.inc()
+                held = self.inflight.get(msg["MessageId"])
+                if held is not None:
+                    # Received again while we hold it: a standard queue may deliver a
+                    # message twice, and a visibility can run out. One copy is enough
+                    # to process, but only the newest receipt handle is sure to delete it.
+                    held.receipt_handle = msg["ReceiptHandle"]
+                    held.extended_at = now
+                    held.receive_count = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+                    metrics.RECORDS.labels(self.name, "duplicate").inc()
+                    log.info("received again while in flight", stream=self.name, message_id=held.message_id)
+                    continue
                 record = to_record(msg, self.name, self.queue_arn, self.region)
                 group = record.meta["group_id"]
                 lane = self._lane(group)
@@ -204,7 +216,6 @@ class SqsConsumer(SourceConsumer):
                     now,
                     lane,
                 )
-                self._received.inc()
                 self.queues[lane].put_nowait(record)
             self._inflight_gauge.set(len(self.inflight))
 
@@ -228,10 +239,6 @@ class SqsConsumer(SourceConsumer):
                 self._busy -= 1
 
     async def _process(self, records: list[Record]) -> None:
-        # A message received again while it waited in the lane (its visibility
-        # ran out) is one unit, not two: twice in one transaction its id would
-        # collide with itself on every retry.
-        records = list({r.sequence_number: r for r in records}.values())
         ids = [r.sequence_number for r in records]
         try:
             done_before = await self.sink.processed_ids(self.name, ids)

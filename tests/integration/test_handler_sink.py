@@ -39,6 +39,7 @@ from tests.support import db
 from tests.support.aws import client, queue_depth, send_all
 from tests.support.daemon import Daemon, wait_for
 from tests.support.fake_lambda import FakeLambda
+from tests.support.fault_proxy import FaultProxy
 from tests.support.servers import MotoServer
 from tests.support.threaded import LoopThread
 
@@ -220,6 +221,41 @@ def test_sqs_powertools_partial_batch_returns_only_the_failed_messages(
     assert all(tries.count(i) == 2 for i in failing)  # maxReceiveCount deliveries each
     dead = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10)["Messages"]
     assert sorted(json.loads(m["Body"])["id"] for m in dead) == sorted(failing)
+
+
+def test_a_message_received_again_while_its_handler_runs_is_handled_once(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """The visibility extensions are lost (the proxy drops them), so SQS hands
+    the message to the daemon's other poller while the handler still works on
+    it. The second copy joins the one in flight: one invocation, and the
+    message deleted afterwards."""
+    sqs = client("sqs", moto.url)
+    url = new_queue(sqs, f"handler-again-{uuid.uuid4().hex[:6]}", VisibilityTimeout="2")
+    log = tmp_path / "handler.jsonl"
+    loop = LoopThread()
+    proxy = FaultProxy(moto.url)
+    proxy_url = loop.run(proxy.start())
+    try:
+        extend = {"ChangeMessageVisibility", "ChangeMessageVisibilityBatch"}
+        loop.call(proxy.set_faults, drop=1.0, only_targets=extend)
+        sink = handler_sink("tests.handlers.failing:sleepy", tmp_path)
+        cfg = sqs_stream("handler_again", url, proxy_url, sink, batch={"size": 1, "window_seconds": 0})
+        with Daemon([cfg], env={"HANDLER_LOG": str(log)}) as d:
+            d.wait_ready()
+            send_all(sqs, url, [json.dumps({"id": 1, "sleep": 6})])
+            wait_for(
+                lambda: metric(d, "poller_records_total", stream="handler_again", outcome="duplicate") >= 1,
+                30,
+                message="the message received a second time",
+            )
+            wait_for(lambda: queue_depth(sqs, url) == 0, 30, message="message deleted")
+            assert d.stop() == 0
+        invocations = [e["invocation"] for e in journal.read(log) if "invocation" in e]
+        assert invocations == [[1]]
+    finally:
+        loop.run(proxy.stop())
+        loop.close()
 
 
 def test_fifo_handler_idempotent_with_dynamodb_survives_redelivery(moto: MotoServer, tmp_path: Path) -> None:
