@@ -47,6 +47,14 @@ StartingPosition = Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
 class ShardSourceCommon(AwsEndpoint):
     starting_position: StartingPosition = "TRIM_HORIZON"
     starting_timestamp: datetime | None = None
+    latest_margin_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="A LATEST start is stored as the first start's time minus this margin (room for "
+        "this host's clock running ahead of AWS's): after a restart, a shard that had committed "
+        "nothing yet is read from there, not from its oldest record.",
+    )
     parallelization_factor: int = Field(1, ge=1, le=10)
     idle_poll_seconds: float = Field(
         1.0, ge=0.05, le=30, description="Wait between reads of a shard that is caught up."

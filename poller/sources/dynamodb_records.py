@@ -109,6 +109,11 @@ def item_key(keys: dict[str, Any]) -> str:
     return json.dumps(keys, sort_keys=True, separators=(",", ":"), default=_blob_text)
 
 
+def creation_time(raw: dict[str, Any]) -> float:
+    """A stream record's ApproximateCreationDateTime in epoch seconds (0 if absent)."""
+    return _epoch(raw.get("dynamodb", {}).get("ApproximateCreationDateTime"))
+
+
 def _epoch(value: object) -> float:
     """ApproximateCreationDateTime: a datetime from botocore, epoch seconds on the wire."""
     if isinstance(value, datetime):

@@ -34,11 +34,12 @@ from poller.observability.logging import get_logger
 from poller.records import Record, RecordError, TransientError, seq_int
 from poller.sources import fast_parse
 from poller.sources.base import SourceConsumer
-from poller.sources.dynamodb_records import to_record
+from poller.sources.dynamodb_records import creation_time, to_record
 from poller.sources.dynamodb_views import check_view_type
 from poller.sources.shards import (
     AFTER_SEQUENCE_NUMBER,
     AT_SEQUENCE_NUMBER,
+    AT_TIMESTAMP,
     TRIM_HORIZON,
     IteratorExpired,
     ReadResult,
@@ -113,6 +114,9 @@ class DynamoDBShardApi:
         # The last sequence number handed out per shard: a reopen at TRIM_HORIZON
         # must not hand back what was read before (see `read`).
         self._last_read: dict[str, int] = {}
+        # DynamoDB Streams has no AT_TIMESTAMP iterator: a shard opened at a moment
+        # is read from TRIM_HORIZON, dropping what was written before it.
+        self._not_before: dict[str, float] = {}
 
     # -- errors --------------------------------------------------------------------
 
@@ -181,6 +185,10 @@ class DynamoDBShardApi:
         sequence_number: str | None = None,
         timestamp: datetime | None = None,
     ) -> str:
+        if kind == AT_TIMESTAMP and timestamp is not None:
+            # Creation times are whole seconds: keep the second the moment falls in.
+            self._not_before[shard_id] = float(int(timestamp.timestamp()))
+            kind = TRIM_HORIZON
         kwargs: dict[str, Any] = {"StreamArn": self.arn, "ShardId": shard_id, "ShardIteratorType": kind}
         if kind in (AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER):
             kwargs["SequenceNumber"] = sequence_number
@@ -219,6 +227,8 @@ class DynamoDBShardApi:
         records: list[dict[str, Any]] = resp.get("Records", [])
         if shard_id is not None:
             records = self._unread(shard_id, records)
+            if shard_id in self._not_before:
+                records = self._since(shard_id, records)
             if following:
                 self._track(shard_id, following)
             else:
@@ -242,6 +252,7 @@ class DynamoDBShardApi:
         if old is not None:
             self._shard_of.pop(old, None)
         self._last_read.pop(shard_id, None)
+        self._not_before.pop(shard_id, None)
 
     def _unread(self, shard_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Drop records already handed out. On AWS a TRIM_HORIZON reopen after a
@@ -255,6 +266,15 @@ class DynamoDBShardApi:
         if records:
             self._last_read[shard_id] = seq_int(records[-1]["dynamodb"]["SequenceNumber"])
         return records
+
+    def _since(self, shard_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop records created before the shard's start moment, up to the first one after it."""
+        moment = self._not_before[shard_id]
+        for i, r in enumerate(records):
+            if creation_time(r) >= moment:
+                del self._not_before[shard_id]
+                return records[i:]
+        return []
 
     def _gone(self, shard_id: str, error: Exception) -> str:
         """A closed shard past retention has ended; an open one vanishing means the

@@ -25,7 +25,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -127,6 +127,7 @@ class StartAt:
 class ShardOptions:
     starting_position: str = TRIM_HORIZON
     starting_timestamp: datetime | None = None
+    latest_margin: float = 60.0
     parallelization: int = 1
     batch_size: int = 100
     batch_window: float = 0.5
@@ -145,6 +146,7 @@ class ShardOptions:
         return cls(
             starting_position=src.starting_position,
             starting_timestamp=src.starting_timestamp,
+            latest_margin=src.latest_margin_seconds,
             parallelization=src.parallelization_factor,
             batch_size=cfg.batch.size,
             batch_window=cfg.batch.window_seconds,
@@ -161,6 +163,16 @@ class ShardOptions:
             return StartAt(AT_TIMESTAMP, timestamp=self.starting_timestamp)
         return StartAt(self.starting_position)
 
+    def start_moment(self) -> datetime | None:
+        """Where the configured start lies in time, for a restart before every shard
+        committed. LATEST is this host's clock, taken back by a margin so a clock a
+        little ahead of AWS's loses nothing (a restart may read that much before)."""
+        if self.starting_position == AT_TIMESTAMP:
+            return self.starting_timestamp
+        if self.starting_position == LATEST:
+            return datetime.now(UTC) - timedelta(seconds=self.latest_margin)
+        return None
+
 
 # --------------------------------------------------------------------------- pure parts
 
@@ -173,6 +185,23 @@ def lane_of(partition_key: str | None, lanes: int) -> int:
 
 
 _LANE_MARK = "#lane-"
+
+# The row that keeps a LATEST or AT_TIMESTAMP start: written before the first
+# shard is opened, so a shard that had committed nothing before a restart starts
+# from that moment instead of its oldest record.
+START_ID = "#start"
+
+
+def start_row(stream: str, since: datetime) -> Checkpoint:
+    return Checkpoint(stream, START_ID, since.astimezone(UTC).isoformat())
+
+
+def parse_start_row(row: Checkpoint) -> datetime | None:
+    try:
+        since = datetime.fromisoformat(row.sequence_number or "")
+    except ValueError:
+        return None
+    return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
 
 
 def lane_checkpoint_id(shard_id: str, lane: int, lanes: int) -> str:
@@ -920,6 +949,7 @@ class ShardFleet:
         self.lane_rows: dict[str, dict[str, Checkpoint]] = {}  # shard → lane rows as loaded
         self.fresh = False
         self.initial: set[str] | None = None  # shards listed first, when the stream had no state
+        self.since: datetime | None = None  # the stored LATEST / AT_TIMESTAMP start
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -931,6 +961,8 @@ class ShardFleet:
         if loaded is None:
             return
         self._load(loaded)
+        if self.fresh and not await self._keep_start(stop):
+            return
         try:
             while not stop.is_set():
                 shards = await retrying(stop, self.name, "ListShards", self.api.list_shards)
@@ -944,7 +976,11 @@ class ShardFleet:
             await self._stop_workers(graceful=stop.is_set())
 
     def _load(self, loaded: dict[str, Checkpoint]) -> None:
-        self.fresh = not loaded
+        loaded = dict(loaded)
+        marker = loaded.pop(START_ID, None)
+        if marker is not None:
+            self.since = parse_start_row(marker)
+        self.fresh = not loaded and marker is None
         self.lineage = Lineage(loaded.values())
         for checkpoint_id, c in loaded.items():
             lane = parse_lane_id(checkpoint_id)
@@ -959,6 +995,15 @@ class ShardFleet:
             ended=len(self.lineage.ended),
             lane_rows=sum(len(v) for v in self.lane_rows.values()),
         )
+
+    async def _keep_start(self, stop: asyncio.Event) -> bool:
+        """Store a LATEST / AT_TIMESTAMP start before any shard is opened."""
+        since = self.opts.start_moment()
+        if since is None:
+            return True
+        tx = Transaction(stream=self.name, checkpoints=[start_row(self.name, since)])
+        stored = await retrying(stop, self.name, "storing the start position", lambda: self.sink.commit(tx))
+        return stored is not None
 
     def _discovered(self, shards: list[ShardInfo]) -> None:
         self.lineage.update(shards)
@@ -987,7 +1032,8 @@ class ShardFleet:
 
     def _start_of(self, shard: ShardInfo) -> tuple[StartAt, Position | None, ResumeFloor | None]:
         """Resume at the checkpoint; the configured position only for a stream
-        with no state at all; TRIM_HORIZON for everything else (children)."""
+        with no state at all; after that, a shard with no checkpoint starts at the
+        stored LATEST / AT_TIMESTAMP moment, or at TRIM_HORIZON."""
         row = self.rows.get(shard.shard_id)
         position = row.position if row is not None else None
         lanes = [
@@ -1000,6 +1046,10 @@ class ShardFleet:
             return StartAt(AT_SEQUENCE_NUMBER, position.sequence_number), position, floor
         if self.initial and shard.shard_id in self.initial:
             return self.opts.initial_start(), None, floor
+        if self.since is not None:
+            # After a restart: a shard that was quiet is not replayed from its oldest
+            # record, and a child, newer than the start, is read whole all the same.
+            return StartAt(AT_TIMESTAMP, timestamp=self.since), None, floor
         return StartAt(TRIM_HORIZON), None, floor
 
     # -- callbacks from the workers ------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -376,6 +377,36 @@ def test_sigkill_and_restart_leave_the_target_equal_to_the_source(
     producer.join(120)
     with Daemon([cfg]) as d:
         until_equal(kind, pg_dsn, name, scan(ddb, table), 120)
+        assert d.stop() == 0
+    assert_each_change_written_once_in_order(kind, pg_dsn, name)
+
+
+def test_latest_is_kept_across_a_crash_before_the_first_commit(
+    moto: MotoServer, ddb: Any, pg_dsn: str
+) -> None:
+    """A LATEST stream dies before it has written anything. Items written while
+    it is down are synced after the restart; items older than its first start
+    are not (before, the restart took LATEST again and lost the new ones)."""
+    kind = "postgres"
+    name = table = make_target(kind, pg_dsn, "ddb_latest")
+    make_source(ddb, table)
+    put_items(ddb, table, [item(i, 1) for i in range(20)])
+    time.sleep(2.5)  # creation times are whole seconds: these are older than the start, margin included
+    source = {"table": table, "endpoint_url": moto.url, "starting_position": "LATEST"}
+    cfg = stream_cfg(name, kind, pg_dsn, {**source, "latest_margin_seconds": 0.5})
+    stored = f"SELECT shard_id FROM poller_checkpoints WHERE stream = '{name}'"
+    first = Daemon([cfg]).start()
+    first.wait_ready()
+    wait_for(lambda: db.fetch(kind, pg_dsn, stored) == [("#start",)], 30, message="the start position stored")
+
+    def reads() -> float:
+        return sum(v for k, v in first.metrics().items() if k.startswith("poller_get_records_calls_total"))
+
+    wait_for(lambda: reads() >= 1, 30, message="the shard read at LATEST")
+    first.kill()
+    put_items(ddb, table, [item(i, 2) for i in range(100, 130)])
+    with Daemon([cfg]) as d:
+        until_equal(kind, pg_dsn, name, {i: v for i, v in scan(ddb, table).items() if i >= 100}, 60)
         assert d.stop() == 0
     assert_each_change_written_once_in_order(kind, pg_dsn, name)
 

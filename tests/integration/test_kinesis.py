@@ -7,6 +7,7 @@ same transaction, so a row written twice shows up even where an upsert hides it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -341,6 +342,58 @@ def test_at_timestamp_starts_at_the_right_record_and_latest_skips_the_backlog(
     latest_keys = {r[0] for r in db.fetch(PG, pg_dsn, f"SELECT DISTINCT substr(pk, 1, 5) FROM {at_latest}")}
     assert latest_keys == {"lates"}
     assert_written_once(PG, pg_dsn, at_latest, 100)
+
+
+def keys_on_shard(kinesis: Any, stream: str, shard_id: str, prefix: str, count: int) -> list[str]:
+    """Partition keys that Kinesis routes to `shard_id` (MD5 of the key in its hash range)."""
+    shard = next(s for s in kinesis.list_shards(StreamName=stream)["Shards"] if s["ShardId"] == shard_id)
+    low, high = int(shard["HashKeyRange"]["StartingHashKey"]), int(shard["HashKeyRange"]["EndingHashKey"])
+    keys = (f"{prefix}{i}" for i in range(10_000))
+    return [k for k in keys if low <= int(hashlib.md5(k.encode()).hexdigest(), 16) <= high][:count]
+
+
+def test_latest_holds_after_a_restart_for_a_shard_that_had_committed_nothing(
+    moto: MotoServer, pg_dsn: str
+) -> None:
+    """A LATEST stream commits on one shard; the other is quiet when the daemon
+    is killed. After the restart the quiet shard is read from the first start,
+    not from its oldest record: the backlog from before the start stays out."""
+    table = "kin_latest_restart"
+    make_table(PG, pg_dsn, table)
+    kinesis = client("kinesis", moto.url)
+    stream = f"{table}-{uuid.uuid4().hex[:6]}"
+    create_stream(kinesis, stream, 2)
+    old = Producer(40, "old")
+    old.put(kinesis, stream, 200)
+    shards = sorted({shard for shard, _ in old.sequence.values()})
+    assert len(shards) == 2
+    time.sleep(1.5)  # the backlog is older than the start, margin included
+    latest = {"starting_position": "LATEST", "latest_margin_seconds": 0.5}
+    cfg = stream_cfg(table, PG, pg_dsn, stream, moto.url, source=latest)
+    first = Daemon([cfg]).start()
+    first.wait_ready()
+    calls = "poller_get_records_calls_total"
+    wait_for(
+        lambda: all(metric(first, calls, stream=table, shard=s) >= 1 for s in shards),
+        30,
+        message="LATEST iterators open",
+    )
+    live = Producer(0, "live")
+    live.keys = keys_on_shard(kinesis, stream, shards[0], "live", 10)
+    live.put(kinesis, stream, 50)
+    wait_rows(PG, pg_dsn, table, 50, first)
+    stored = checkpoints(PG, pg_dsn, table)
+    assert set(stored) == {"#start", shards[0]}
+    first.kill()
+    down = Producer(40, "down")
+    down.put(kinesis, stream, 100)
+    assert {shard for shard, _ in down.sequence.values()} == set(shards)
+    with Daemon([cfg]) as d:
+        wait_rows(PG, pg_dsn, table, 150, d)
+        assert d.stop() == 0
+    prefixes = {r[0] for r in db.fetch(PG, pg_dsn, f"SELECT DISTINCT substr(pk, 1, 4) FROM {table}")}
+    assert prefixes == {"live", "down"}
+    assert_written_once(PG, pg_dsn, table, 150)
 
 
 def test_kpl_aggregate_resumes_at_the_first_uncommitted_user_record(moto: MotoServer, pg_dsn: str) -> None:
