@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.daemon import kill_leftovers
 from tests.support.servers import MotoServer
 
 PG_DSN = os.environ.get("POLLER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -65,3 +66,9 @@ def database(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
         yield "postgres", request.getfixturevalue("pg_dsn")
     else:
         yield "mysql", request.getfixturevalue("mysql_dsn")
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test() -> Iterator[None]:
+    yield
+    kill_leftovers()

@@ -760,27 +760,45 @@ class ShardWorker:
 
     async def _lane_loop(self, lane: _Lane) -> None:
         structlog.contextvars.bind_contextvars(shard=self.shard_id, lane=lane.index)
-        opts = self.p.opts
-        while not lane.closing:
-            records = await take_batch(lane.queue, opts.batch_size, opts.batch_window)
-            lane.busy = True
-            # Failure-policy logs of this batch then name where it starts.
-            structlog.contextvars.bind_contextvars(sequence=records[0].sequence_number)
-            try:
-                await self._process(lane, records)
-            finally:
-                lane.busy = False
+        # The next batch is taken and prepared while this one commits: the commit
+        # mostly waits on the database, and taking the batch makes room for the
+        # reader's next GetRecords. A batch prepared when the lane closes is
+        # dropped, as records still queued are: nothing past a commit is checkpointed.
+        upcoming = asyncio.create_task(self._next_batch(lane))
+        try:
+            while not lane.closing:
+                batch = await upcoming
+                upcoming = asyncio.create_task(self._next_batch(lane))
+                if batch is None:
+                    continue
+                lane.busy = True
+                # Failure-policy logs of this batch then name where it starts.
+                structlog.contextvars.bind_contextvars(sequence=batch[0][0].source.sequence_number)
+                try:
+                    await self._commit(lane, *batch)
+                finally:
+                    lane.busy = False
+        finally:
+            upcoming.cancel()
+            await asyncio.gather(upcoming, return_exceptions=True)
 
-    async def _process(self, lane: _Lane, records: list[Record]) -> None:
+    async def _next_batch(self, lane: _Lane) -> tuple[list[Unit], set[int]] | None:
+        """The lane's next batch as units and the indexes that end a source record;
+        None when every record of it was committed before a restart."""
+        opts = self.p.opts
+        records = await take_batch(lane.queue, opts.batch_size, opts.batch_window)
         cut: dict[str, tuple[int, int]] = {}
         if self.floor is not None and not lane.past_floor:
             records, cut = self._below_floor(lane, records)
             if not records:
-                return
+                return None
         units = self.p.preparer.stream_units(records)
         ends = _record_ends(units)
         if cut:
             units = self._drop_covered(units, ends, cut)
+        return (units, ends) if units else None
+
+    async def _commit(self, lane: _Lane, units: list[Unit], ends: set[int]) -> None:
         assert lane.policy is not None
         size = self.p.opts.batch_size
         for start in range(0, len(units), size):

@@ -50,6 +50,7 @@ class Daemon:
         self.log = self.dir / "poller.log"
 
     def start(self) -> Daemon:
+        _started.append(self)
         self._fh = self.log.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -141,6 +142,19 @@ class Daemon:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self._fh.close()
+
+
+_started: list[Daemon] = []
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every daemon a test started and left running (a test that failed
+    half-way), so it cannot go on writing into the next test's tables."""
+    while _started:
+        d = _started.pop()
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(10)
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2, message: str = "") -> Any:
