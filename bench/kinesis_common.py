@@ -12,6 +12,7 @@ from bench import common
 from bench.payloads import COLUMNS, KEY, order
 from tests.support import db
 from tests.support.aws import client
+from tests.support.daemon import with_overrides
 from tests.support.servers import Kinesalite
 
 
@@ -87,12 +88,7 @@ def stream_config(name: str, stream: str, endpoint: str, table: str, **over: Any
         "decode": "json",
         "sink": {"type": "postgres", "dsn": common.PG_DSN, "table": table, "key": KEY, "columns": COLUMNS},
     }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-            cfg[k] = {**cfg[k], **v}
-        else:
-            cfg[k] = v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def checkpoints(stream_name: str) -> dict[str, tuple[str, float]]:

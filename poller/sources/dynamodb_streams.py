@@ -271,7 +271,8 @@ class DynamoDBShardApi:
         """Drop records created before the shard's start moment, up to the first one after it."""
         moment = self._not_before[shard_id]
         for i, r in enumerate(records):
-            if creation_time(r) >= moment:
+            created = creation_time(r)
+            if created >= moment or not created:  # no creation time: keep rather than lose
                 del self._not_before[shard_id]
                 return records[i:]
         return []

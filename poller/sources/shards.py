@@ -532,11 +532,15 @@ class ShardWorker:
         start: StartAt,
         checkpoint: Position | None = None,
         floor: ResumeFloor | None = None,
+        reopen: StartAt | None = None,
     ):
         self.p = parts
         self.info = info
         self.shard_id = info.shard_id
         self.start = start
+        # Where to reopen an iterator that expired before a record was read:
+        # LATEST again would skip what arrived meanwhile.
+        self.reopen = reopen or start
         self.floor = floor
         self.tracker = PrefixTracker(checkpoint)
         self.written = checkpoint  # the shard row as last committed
@@ -649,7 +653,7 @@ class ShardWorker:
     def _resume_point(self) -> StartAt:
         if self.last_read is not None:
             return StartAt(AFTER_SEQUENCE_NUMBER, self.last_read)
-        return self.start
+        return self.reopen
 
     async def _read_to_end(self) -> None:
         opts = self.p.opts
@@ -998,6 +1002,12 @@ class ShardFleet:
         marker = loaded.pop(START_ID, None)
         if marker is not None:
             self.since = parse_start_row(marker)
+            if self.since is None:
+                log.error(
+                    "stored start position unreadable; shards with no checkpoint start at TRIM_HORIZON",
+                    stream=self.name,
+                    value=marker.sequence_number,
+                )
         self.fresh = not loaded and marker is None
         self.lineage = Lineage(loaded.values())
         for checkpoint_id, c in loaded.items():
@@ -1021,7 +1031,10 @@ class ShardFleet:
             return True
         tx = Transaction(stream=self.name, checkpoints=[start_row(self.name, since)])
         stored = await retrying(stop, self.name, "storing the start position", lambda: self.sink.commit(tx))
-        return stored is not None
+        if stored is None:
+            return False
+        self.since = since
+        return True
 
     def _discovered(self, shards: list[ShardInfo]) -> None:
         self.lineage.update(shards)
@@ -1043,7 +1056,10 @@ class ShardFleet:
             sequence=start.sequence_number,
             parents=list(shard.parent_ids),
         )
-        worker = ShardWorker(self.parts, shard, start, checkpoint, floor)
+        reopen = None
+        if start.kind == LATEST and self.since is not None:
+            reopen = StartAt(AT_TIMESTAMP, timestamp=self.since)
+        worker = ShardWorker(self.parts, shard, start, checkpoint, floor, reopen)
         task = asyncio.create_task(worker.run(self._stop), name=f"{self.name}-{shard.shard_id}")
         task.add_done_callback(lambda _: self._wake.set())
         self.workers[shard.shard_id] = task
@@ -1064,7 +1080,7 @@ class ShardFleet:
             return StartAt(AT_SEQUENCE_NUMBER, position.sequence_number), position, floor
         if self.initial and shard.shard_id in self.initial:
             return self.opts.initial_start(), None, floor
-        if self.since is not None:
+        if self.since is not None and not self.fresh:
             # After a restart: a shard that was quiet is not replayed from its oldest
             # record, and a child, newer than the start, is read whole all the same.
             return StartAt(AT_TIMESTAMP, timestamp=self.since), None, floor

@@ -43,6 +43,13 @@ class InFlight:
     lane: int
 
 
+def _worth_retrying(failure: dict[str, Any] | None) -> bool:
+    """A DeleteMessageBatch entry that failed for another reason than its receipt handle."""
+    if failure is None:
+        return False
+    return not failure.get("SenderFault") or "Receipt" not in failure.get("Code", "")
+
+
 def to_record(msg: dict[str, Any], stream: str, queue_arn: str, region: str) -> Record:
     attrs = msg.get("Attributes", {})
     body = msg.get("Body", "")
@@ -265,6 +272,8 @@ class SqsConsumer(SourceConsumer):
 
         def decide(u: Unit, _: RecordError) -> Decision:
             count = u.source.meta.get("receive_count", 1)
+            if isinstance(u.token, InFlight):  # newer if the message was received again
+                count = max(count, u.token.receive_count)
             # SQS counts the attempts: each one was a delivery.
             u.attempts = max(u.attempts, count)
             if self.fifo and u.source.meta.get("group_id") is not None:
@@ -327,9 +336,10 @@ class SqsConsumer(SourceConsumer):
     async def _delete(self, message_ids: list[str]) -> None:
         held = [self.inflight[m] for m in message_ids if m in self.inflight]
         for start in range(0, len(held), 10):
-            chunk = held[start : start + 10]
-            entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)]
+            pending = held[start : start + 10]
             for attempt in range(5):
+                sent = [m.receipt_handle for m in pending]
+                entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(sent)]
                 try:
                     resp = await self.client.delete_message_batch(
                         QueueUrl=self.src.queue_url, Entries=entries
@@ -343,16 +353,18 @@ class SqsConsumer(SourceConsumer):
                     )
                     await asyncio.sleep(0.2 * 2**attempt)
                     continue
-                # An invalid receipt handle means the message was received again
-                # elsewhere; that delivery will find it processed and delete it.
-                retry_ids = {
-                    f["Id"]
-                    for f in resp.get("Failed", [])
-                    if not f.get("SenderFault") or "Receipt" not in f.get("Code", "")
-                }
-                metrics.SQS_DELETED.labels(self.name).inc(len(entries) - len(resp.get("Failed", [])))
-                entries = [e for e in entries if e["Id"] in retry_ids]
-                if not entries:
+                failed = {f["Id"]: f for f in resp.get("Failed", [])}
+                metrics.SQS_DELETED.labels(self.name).inc(len(entries) - len(failed))
+                # Again: what failed for a reason other than its receipt handle, and
+                # what was received again during the call (its newest handle is the
+                # one sure to delete it). Otherwise an invalid receipt handle means
+                # another delivery holds it: that one finds it processed and deletes it.
+                pending = [
+                    m
+                    for i, m in enumerate(pending)
+                    if m.receipt_handle != sent[i] or _worth_retrying(failed.get(str(i)))
+                ]
+                if not pending:
                     break
                 await asyncio.sleep(0.2 * 2**attempt)
         await self._forget(message_ids)
@@ -365,23 +377,28 @@ class SqsConsumer(SourceConsumer):
             held = self.inflight.get(u.source.sequence_number)
             if held is None:
                 continue
-            delay = min(
-                r.backoff_max_seconds,
-                r.backoff_initial_seconds * 2 ** max(0, held.receive_count - 1),
-            )
-            try:
-                await self.client.change_message_visibility(
-                    QueueUrl=self.src.queue_url,
-                    ReceiptHandle=held.receipt_handle,
-                    VisibilityTimeout=math.ceil(delay),
+            for _ in range(3):  # again if the message was received anew meanwhile
+                handle = held.receipt_handle
+                delay = min(
+                    r.backoff_max_seconds,
+                    r.backoff_initial_seconds * 2 ** max(0, held.receive_count - 1),
                 )
-            except Exception as e:
-                log.warning(
-                    "could not release message",
-                    stream=self.name,
-                    message_id=held.message_id,
-                    error=str(e),
-                )
+                try:
+                    await self.client.change_message_visibility(
+                        QueueUrl=self.src.queue_url,
+                        ReceiptHandle=handle,
+                        VisibilityTimeout=math.ceil(delay),
+                    )
+                except Exception as e:
+                    log.warning(
+                        "could not release message",
+                        stream=self.name,
+                        message_id=held.message_id,
+                        error=str(e),
+                    )
+                    break
+                if held.receipt_handle == handle:
+                    break
         metrics.SQS_RELEASED.labels(self.name).inc(len(units))
         await self._forget([u.source.sequence_number for u in units])
 

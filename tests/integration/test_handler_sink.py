@@ -37,7 +37,7 @@ from poller.sinks.handler import EventSink
 from tests.handlers import journal
 from tests.support import db
 from tests.support.aws import client, queue_depth, send_all
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon, metric, wait_for, with_overrides
 from tests.support.fake_lambda import FakeLambda
 from tests.support.fault_proxy import FaultProxy
 from tests.support.servers import MotoServer
@@ -88,14 +88,7 @@ def sqs_stream(name: str, queue_url: str, endpoint: str, sink: dict[str, Any], *
         "retry": {"max_attempts": 2, "backoff_initial_seconds": 0.1, "backoff_max_seconds": 1},
         "sink": sink,
     }
-    for k, v in over.items():
-        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-    return cfg
-
-
-def metric(d: Daemon, name: str, **labels: str) -> float:
-    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return d.metrics().get(f"{name}{{{inner}}}", 0.0)
+    return with_overrides(cfg, over)
 
 
 def received_events(log: Path) -> list[dict[str, Any]]:
@@ -471,9 +464,7 @@ def kinesis_stream(
         "retry": {"max_attempts": 3, "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.2},
         "sink": sink,
     }
-    for k, v in over.items():
-        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def put_items(moto: MotoServer, stream: str, items: list[dict[str, Any]]) -> list[str]:

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from poller.sources.shards import lane_of
 from tests.support import db
 from tests.support.aws import client
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon, metric, wait_for, with_overrides
 from tests.support.fault_proxy import FaultProxy
 from tests.support.payloads import aurora_audit_line, cloudwatch_payload, kpl_aggregate
 from tests.support.servers import Kinesalite, MotoServer, free_port
+from tests.support.tables import create_logged_table
 from tests.support.threaded import LoopThread
 
 pytestmark = pytest.mark.integration
@@ -52,34 +53,17 @@ def make_table(kind: str, dsn: str, table: str) -> None:
     share it: their order inside it is not observable, and a heap does not keep
     it); MariaDB's auto-increment, which its sink assigns in batch order."""
     if kind == "postgres":
-        db.execute(
-            kind,
-            dsn,
-            f"DROP TABLE IF EXISTS {table}",
-            f"DROP TABLE IF EXISTS {table}_writes",
-            f"CREATE TABLE {table} (id text PRIMARY KEY, pk text NOT NULL, n int NOT NULL, "
-            f"shard text, seq text, tx bigint NOT NULL DEFAULT txid_current())",
-            f"CREATE TABLE {table}_writes (id text)",
-            f"CREATE OR REPLACE FUNCTION {table}_log() RETURNS trigger AS $$ BEGIN "
-            f"INSERT INTO {table}_writes VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql",
-            f"CREATE TRIGGER {table}_trg AFTER INSERT OR UPDATE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {table}_log()",
+        columns = (
+            "id text PRIMARY KEY, pk text NOT NULL, n int NOT NULL, "
+            "shard text, seq text, tx bigint NOT NULL DEFAULT txid_current()"
         )
+        create_logged_table(kind, dsn, table, columns=columns, log_columns="id text", logged=["id"])
     else:
-        db.execute(
-            kind,
-            dsn,
-            f"DROP TABLE IF EXISTS {table}",
-            f"DROP TABLE IF EXISTS {table}_writes",
-            f"CREATE TABLE {table} (id VARCHAR(64) PRIMARY KEY, pk VARCHAR(64) NOT NULL, n INT NOT NULL, "
-            f"shard VARCHAR(64), seq VARCHAR(64), tx BIGINT AUTO_INCREMENT UNIQUE)",
-            f"CREATE TABLE {table}_writes (id VARCHAR(64))",
-            f"CREATE TRIGGER {table}_ins AFTER INSERT ON {table} FOR EACH ROW "
-            f"INSERT INTO {table}_writes VALUES (NEW.id)",
-            f"CREATE TRIGGER {table}_upd AFTER UPDATE ON {table} FOR EACH ROW "
-            f"INSERT INTO {table}_writes VALUES (NEW.id)",
+        columns = (
+            "id VARCHAR(64) PRIMARY KEY, pk VARCHAR(64) NOT NULL, n INT NOT NULL, "
+            "shard VARCHAR(64), seq VARCHAR(64), tx BIGINT AUTO_INCREMENT UNIQUE"
         )
-    db.drop_bookkeeping(kind, dsn, table)
+        create_logged_table(kind, dsn, table, columns=columns, log_columns="id VARCHAR(64)", logged=["id"])
 
 
 def stream_cfg(name: str, kind: str, dsn: str, stream: str, endpoint: str, **over: Any) -> dict[str, Any]:
@@ -109,12 +93,7 @@ def stream_cfg(name: str, kind: str, dsn: str, stream: str, endpoint: str, **ove
             },
         },
     }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-            cfg[k] = {**cfg[k], **v}
-        else:
-            cfg[k] = v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def create_stream(kinesis: Any, name: str, shards: int) -> None:
@@ -205,11 +184,6 @@ def checkpoints(kind: str, dsn: str, stream: str) -> dict[str, tuple[str | None,
         (stream,),
     )
     return {r[0]: (r[1], int(r[2]), r[3]) for r in rows}
-
-
-def metric(d: Daemon, name: str, **labels: str) -> float:
-    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return d.metrics().get(f"{name}{{{inner}}}", 0.0)
 
 
 def wait_rows(kind: str, dsn: str, table: str, expected: int, d: Daemon, timeout: float = 120) -> None:
@@ -401,17 +375,11 @@ def test_kpl_aggregate_resumes_at_the_first_uncommitted_user_record(moto: MotoSe
     refused (a transient error) until the daemon is killed. The restart must write
     user records 150..299 only."""
     table = "kin_kpl"
+    columns = "seq text, sub int, pk text, n int, PRIMARY KEY (seq, sub)"
+    create_logged_table(PG, pg_dsn, table, columns=columns, log_columns="sub int", logged=["sub"])
     db.execute(
         PG,
         pg_dsn,
-        f"DROP TABLE IF EXISTS {table}",
-        f"DROP TABLE IF EXISTS {table}_writes",
-        f"CREATE TABLE {table} (seq text, sub int, pk text, n int, PRIMARY KEY (seq, sub))",
-        f"CREATE TABLE {table}_writes (sub int)",
-        f"CREATE OR REPLACE FUNCTION {table}_log() RETURNS trigger AS $$ BEGIN "
-        f"INSERT INTO {table}_writes VALUES (NEW.sub); RETURN NEW; END $$ LANGUAGE plpgsql",
-        f"CREATE TRIGGER {table}_trg AFTER INSERT OR UPDATE ON {table} "
-        f"FOR EACH ROW EXECUTE FUNCTION {table}_log()",
         # 40001 (serialization failure) is transient: the batch is retried, never failed.
         f"CREATE OR REPLACE FUNCTION {table}_block() RETURNS trigger AS $$ BEGIN "
         f"IF NEW.sub = 150 THEN RAISE EXCEPTION 'held by the test' USING ERRCODE = '40001'; END IF; "
@@ -419,7 +387,6 @@ def test_kpl_aggregate_resumes_at_the_first_uncommitted_user_record(moto: MotoSe
         f"CREATE TRIGGER {table}_block BEFORE INSERT ON {table} "
         f"FOR EACH ROW EXECUTE FUNCTION {table}_block()",
     )
-    db.drop_bookkeeping(PG, pg_dsn, table)
     kinesis = client("kinesis", moto.url)
     stream = f"{table}-{uuid.uuid4().hex[:6]}"
     create_stream(kinesis, stream, 1)

@@ -15,9 +15,10 @@ import pytest
 
 from tests.support import db
 from tests.support.aws import client, queue_depth, send_all
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon, wait_for, with_overrides
 from tests.support.fault_proxy import FaultProxy
 from tests.support.servers import MotoServer
+from tests.support.tables import create_logged_table
 from tests.support.threaded import LoopThread
 
 pytestmark = pytest.mark.integration
@@ -25,37 +26,20 @@ pytestmark = pytest.mark.integration
 
 def make_table(kind: str, dsn: str, table: str) -> None:
     if kind == "postgres":
-        db.execute(
-            kind,
-            dsn,
-            f"DROP TABLE IF EXISTS {table}",
-            f"DROP TABLE IF EXISTS {table}_writes",
-            f"CREATE TABLE {table} (order_id bigint PRIMARY KEY, grp text, seq int, "
-            f"amount numeric(12,2), note text NOT NULL, ord bigserial)",
-            # The writing transaction's id: commit order, which row order within
-            # one INSERT ... SELECT is not.
-            f"CREATE TABLE {table}_writes (order_id bigint, tx bigint DEFAULT txid_current())",
-            f"CREATE OR REPLACE FUNCTION {table}_log() RETURNS trigger AS $$ BEGIN "
-            f"INSERT INTO {table}_writes (order_id) VALUES (NEW.order_id); RETURN NEW; "
-            f"END $$ LANGUAGE plpgsql",
-            f"CREATE TRIGGER {table}_trg AFTER INSERT OR UPDATE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {table}_log()",
+        columns = (
+            "order_id bigint PRIMARY KEY, grp text, seq int, amount numeric(12,2), "
+            "note text NOT NULL, ord bigserial"
         )
+        # The writing transaction's id: commit order, which row order within
+        # one INSERT ... SELECT is not.
+        log_columns = "order_id bigint, tx bigint DEFAULT txid_current()"
     else:
-        db.execute(
-            kind,
-            dsn,
-            f"DROP TABLE IF EXISTS {table}",
-            f"DROP TABLE IF EXISTS {table}_writes",
-            f"CREATE TABLE {table} (order_id BIGINT PRIMARY KEY, grp VARCHAR(64), seq INT, "
-            f"amount DECIMAL(12,2), note VARCHAR(255) NOT NULL, ord BIGINT AUTO_INCREMENT UNIQUE)",
-            f"CREATE TABLE {table}_writes (order_id BIGINT)",
-            f"CREATE TRIGGER {table}_ins AFTER INSERT ON {table} FOR EACH ROW "
-            f"INSERT INTO {table}_writes VALUES (NEW.order_id)",
-            f"CREATE TRIGGER {table}_upd AFTER UPDATE ON {table} FOR EACH ROW "
-            f"INSERT INTO {table}_writes VALUES (NEW.order_id)",
+        columns = (
+            "order_id BIGINT PRIMARY KEY, grp VARCHAR(64), seq INT, amount DECIMAL(12,2), "
+            "note VARCHAR(255) NOT NULL, ord BIGINT AUTO_INCREMENT UNIQUE"
         )
-    db.drop_bookkeeping(kind, dsn, table)
+        log_columns = "order_id BIGINT"
+    create_logged_table(kind, dsn, table, columns=columns, log_columns=log_columns, logged=["order_id"])
 
 
 def stream(name: str, kind: str, dsn: str, queue_url: str, endpoint: str, **over: Any) -> dict[str, Any]:
@@ -85,12 +69,7 @@ def stream(name: str, kind: str, dsn: str, queue_url: str, endpoint: str, **over
             },
         },
     }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-            cfg[k] = {**cfg[k], **v}
-        else:
-            cfg[k] = v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def body(i: int, group: str = "g", seq: int = 0, note: str | None = "ok") -> str:

@@ -144,6 +144,20 @@ class Daemon:
         self._fh.close()
 
 
+def metric(d: Daemon, name: str, **labels: str) -> float:
+    """One sample of the daemon's /metrics by name and labels; 0 when absent."""
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return d.metrics().get(f"{name}{{{inner}}}", 0.0)
+
+
+def with_overrides(cfg: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A stream config with `over` applied: a dict merges into the section of the
+    same name (one level deep), anything else replaces it."""
+    for k, v in over.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+
 _started: list[Daemon] = []
 
 
