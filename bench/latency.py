@@ -30,6 +30,7 @@ from bench.kinesis_common import create_stream, payload, reset_stream_state, sta
 from bench.payloads import COLUMNS, pg_table_sql
 from tests.support import db
 from tests.support.aws import client
+from tests.support.daemon import wait_for
 from tests.support.servers import free_port
 
 TARGET_P50 = 0.25
@@ -81,7 +82,14 @@ def one_run(url: str, stream: str, args: Any, first: int, tree: Path | None = No
     try:
         with common.daemon([cfg], tree) as d:
             d.wait_ready(60)
-            time.sleep(2)  # LATEST iterators are open once every shard worker has started
+            # LATEST is fixed when a shard's iterator opens: produce only once every
+            # shard has been read, or the first records would be skipped.
+            calls = 'poller_get_records_calls_total{shard="'
+
+            def shards_read() -> int:
+                return sum(1 for k, v in d.metrics().items() if k.startswith(calls) and v >= 1)
+
+            wait_for(lambda: shards_read() >= args.shards, 60, message="every shard read at LATEST")
             assert d.proc is not None
             cpu0 = common.cpu_seconds(d.proc.pid)
             stop = threading.Event()

@@ -49,7 +49,7 @@ def test_benchmark_smoke(module: str, extra: list[str], mysql: bool, tmp_path: P
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
     assert done.returncode == 0, f"{module} --smoke failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

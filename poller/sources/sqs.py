@@ -98,6 +98,7 @@ class SqsConsumer(SourceConsumer):
         self.lanes = max(1, self.src.max_concurrency)
         self.queues: list[asyncio.Queue[Record]] = [asyncio.Queue() for _ in range(self.lanes)]
         self._rr = 0
+        self._stopping = asyncio.Event()  # the stream's stop event once running
         self.visibility = 30
         self.fifo = self.src.queue_url.endswith(".fifo")
         self.queue_arn = ""
@@ -118,6 +119,7 @@ class SqsConsumer(SourceConsumer):
         ) as client:
             self.client = client
             fast_parse.install(client, ["ReceiveMessage"])
+            self._stopping = stop
             await self._describe(stop)
             self.on_source_ready()
             pollers = [
@@ -236,9 +238,9 @@ class SqsConsumer(SourceConsumer):
     # -- processing --------------------------------------------------------------------
 
     async def _work(self, lane: int) -> None:
-        queue = self.queues[lane]
+        queue, size, window = self.queues[lane], self.cfg.batch.size, self.cfg.batch.window_seconds
         while True:
-            batch = await take_batch(queue, self.cfg.batch.size, self.cfg.batch.window_seconds)
+            batch = await take_batch(queue, size, window, self._stopping)
             self._busy += 1
             try:
                 await self._process(batch)

@@ -346,6 +346,7 @@ def test_sigkill_and_restart_leave_the_target_equal_to_the_source(
         wait_for(lambda t=target: db.scalar(kind, pg_dsn, writes) >= t, 120, message=f"{target} row writes")
         d.kill()
     producer.join(120)
+    assert not producer.is_alive(), "the writer did not finish"
     with Daemon([cfg]) as d:
         until_equal(kind, pg_dsn, name, scan(ddb, table), 120)
         assert d.stop() == 0

@@ -151,7 +151,11 @@ def test_sqs_handler_gets_the_lambda_event_and_context(
     url = new_queue(sqs, queue)
     log = tmp_path / "handler.jsonl"
     sink = handler_sink(f"tests.handlers.recorder:{function}", tmp_path, function_name="orders-consumer")
-    with Daemon([sqs_stream("handler_event", url, moto.url, sink)], env={"HANDLER_LOG": str(log)}) as d:
+    # One poller: moto may hand one message to two concurrent long polls, which
+    # counts as two receives (here and in the tests below that count attempts).
+    one_poller = {"max_concurrency": 1}
+    cfg = sqs_stream("handler_event", url, moto.url, sink, source=one_poller)
+    with Daemon([cfg], env={"HANDLER_LOG": str(log)}) as d:
         d.wait_ready()
         sent = send_samples(sqs, url)
         wait_for(lambda: len(received_records(log)) == 2, 60, message="both messages handed to the handler")
@@ -197,7 +201,14 @@ def test_sqs_powertools_partial_batch_returns_only_the_failed_messages(
     failing = {23, 71}
     bodies = [json.dumps({"id": i, "fail": i in failing}) for i in range(100)]
     sink = handler_sink("tests.handlers.powertools_batch:sqs_handler", tmp_path)
-    cfg = sqs_stream("handler_partial", url, moto.url, sink, batch={"size": 100, "window_seconds": 1})
+    cfg = sqs_stream(
+        "handler_partial",
+        url,
+        moto.url,
+        sink,
+        source={"max_concurrency": 1},
+        batch={"size": 100, "window_seconds": 1},
+    )
     with Daemon([cfg], env={"HANDLER_LOG": str(log)}) as d:
         d.wait_ready()
         send_all(sqs, url, bodies)
@@ -389,6 +400,7 @@ def test_lambda_function_error_is_bisected_to_the_poison_message(
         url,
         moto.url,
         lambda_sink(fake_lambda, "orders-consumer", tmp_path),
+        source={"max_concurrency": 1},
         batch={"size": 20, "window_seconds": 1},
         on_failure={"type": "file", "path": str(dead)},
     )

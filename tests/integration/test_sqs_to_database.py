@@ -254,8 +254,18 @@ def test_sigterm_commits_the_inflight_batch_and_exits_zero(moto: MotoServer, pg_
     make_table(kind, pg_dsn, table)
     sqs = client("sqs", moto.url)
     url = new_queue(sqs, f"{table}-{uuid.uuid4().hex[:6]}", VisibilityTimeout="60")
-    # A long window holds the received messages in one open batch when SIGTERM comes.
-    cfg = stream(table, kind, pg_dsn, url, moto.url, batch={"size": 1000, "window_seconds": 4})
+    # A window far past the 10 s deadline holds the messages in one open batch
+    # when SIGTERM comes: the drain must end it at once and commit it. One poller
+    # (and lane): moto's DeleteMessage is not safe against a concurrent one.
+    cfg = stream(
+        table,
+        kind,
+        pg_dsn,
+        url,
+        moto.url,
+        source={"max_concurrency": 1},
+        batch={"size": 1000, "window_seconds": 60},
+    )
     d = Daemon([cfg], shutdown_timeout=10).start()
     try:
         d.wait_ready()

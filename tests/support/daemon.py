@@ -97,9 +97,14 @@ class Daemon:
         raise AssertionError(f"daemon not ready after {timeout}s:\n{self.tail()}")
 
     def metrics(self) -> dict[str, float]:
-        status, text = self.get("/metrics")
-        assert status == 200, f"/metrics answered {status}"
-        return parse_metrics(text)
+        # A scrape can time out on a loaded machine: try again before failing.
+        for _ in range(3):
+            status, text = self.get("/metrics")
+            if status == 200:
+                return parse_metrics(text)
+            self.check_alive()
+            time.sleep(0.5)
+        raise AssertionError(f"/metrics answered {status}")
 
     def metric(self, sample: str, default: float = 0.0) -> float:
         """One sample's value, or `default` while the daemon is not answering yet."""
