@@ -784,13 +784,17 @@ class ShardWorker:
                     lane.busy = False
         finally:
             upcoming.cancel()
-            await asyncio.gather(upcoming, return_exceptions=True)
+            for error in await asyncio.gather(upcoming, return_exceptions=True):
+                if isinstance(error, Exception):
+                    log.error("preparing a batch failed while the lane stopped", error=str(error))
 
     async def _next_batch(self, lane: _Lane) -> tuple[list[Unit], set[int]] | None:
         """The lane's next batch as units and the indexes that end a source record;
         None when every record of it was committed before a restart."""
         opts = self.p.opts
         records = await take_batch(lane.queue, opts.batch_size, opts.batch_window)
+        # Logs written while preparing name where this batch starts.
+        structlog.contextvars.bind_contextvars(sequence=records[0].sequence_number)
         cut: dict[str, tuple[int, int]] = {}
         if self.floor is not None and not lane.past_floor:
             records, cut = self._below_floor(lane, records)
