@@ -775,11 +775,12 @@ class ShardWorker:
                 upcoming = asyncio.create_task(self._next_batch(lane))
                 if batch is None:
                     continue
+                units, ends = batch
                 lane.busy = True
                 # Failure-policy logs of this batch then name where it starts.
-                structlog.contextvars.bind_contextvars(sequence=batch[0][0].source.sequence_number)
+                structlog.contextvars.bind_contextvars(sequence=units[0].source.sequence_number)
                 try:
-                    await self._commit(lane, *batch)
+                    await self._commit(lane, units, ends)
                 finally:
                     lane.busy = False
         finally:

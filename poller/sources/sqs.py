@@ -50,6 +50,10 @@ def _worth_retrying(failure: dict[str, Any] | None) -> bool:
     return not failure.get("SenderFault") or "Receipt" not in failure.get("Code", "")
 
 
+def receive_count(attributes: dict[str, Any]) -> int:
+    return int(attributes.get("ApproximateReceiveCount", "1"))
+
+
 def to_record(msg: dict[str, Any], stream: str, queue_arn: str, region: str) -> Record:
     attrs = msg.get("Attributes", {})
     body = msg.get("Body", "")
@@ -72,7 +76,7 @@ def to_record(msg: dict[str, Any], stream: str, queue_arn: str, region: str) -> 
             "group_id": group,
             "attributes": attrs,
             "message_attributes": message_attributes,
-            "receive_count": int(attrs.get("ApproximateReceiveCount", "1")),
+            "receive_count": receive_count(attrs),
         },
         raw=msg,
         event_source_arn=queue_arn,
@@ -98,7 +102,6 @@ class SqsConsumer(SourceConsumer):
         self.lanes = max(1, self.src.max_concurrency)
         self.queues: list[asyncio.Queue[Record]] = [asyncio.Queue() for _ in range(self.lanes)]
         self._rr = 0
-        self._stopping = asyncio.Event()  # the stream's stop event once running
         self.visibility = 30
         self.fifo = self.src.queue_url.endswith(".fifo")
         self.queue_arn = ""
@@ -119,7 +122,6 @@ class SqsConsumer(SourceConsumer):
         ) as client:
             self.client = client
             fast_parse.install(client, ["ReceiveMessage"])
-            self._stopping = stop
             await self._describe(stop)
             self.on_source_ready()
             pollers = [
@@ -127,7 +129,7 @@ class SqsConsumer(SourceConsumer):
                 for i in range(self.src.max_concurrency)
             ]
             workers = [
-                asyncio.create_task(self._work(lane), name=f"{self.name}-work-{lane}")
+                asyncio.create_task(self._work(lane, stop), name=f"{self.name}-work-{lane}")
                 for lane in range(self.lanes)
             ]
             keeper = asyncio.create_task(self._keep_visible(), name=f"{self.name}-visibility")
@@ -210,7 +212,7 @@ class SqsConsumer(SourceConsumer):
                     # to process, but only the newest receipt handle is sure to delete it.
                     held.receipt_handle = msg["ReceiptHandle"]
                     held.extended_at = now
-                    held.receive_count = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+                    held.receive_count = receive_count(msg.get("Attributes", {}))
                     metrics.RECORDS.labels(self.name, "duplicate").inc()
                     log.info("received again while in flight", stream=self.name, message_id=held.message_id)
                     continue
@@ -237,10 +239,10 @@ class SqsConsumer(SourceConsumer):
 
     # -- processing --------------------------------------------------------------------
 
-    async def _work(self, lane: int) -> None:
+    async def _work(self, lane: int, stop: asyncio.Event) -> None:
         queue, size, window = self.queues[lane], self.cfg.batch.size, self.cfg.batch.window_seconds
         while True:
-            batch = await take_batch(queue, size, window, self._stopping)
+            batch = await take_batch(queue, size, window, flush=stop)
             self._busy += 1
             try:
                 await self._process(batch)
