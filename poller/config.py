@@ -141,14 +141,27 @@ class RetryConfig(Strict):
     backoff_max_seconds: float = Field(30.0, ge=0.01, le=3600)
 
 
+_FALLBACK_DESCRIPTION = (
+    "JSON-lines file (fsynced) that keeps, whole, a failure record the destination refused "
+    "(a row the failure table refused even in safe form, a body over the queue's "
+    "MaximumMessageSize): the stream never blocks on it and nothing is lost."
+)
+
+
 class TableDestination(Strict):
     type: Literal["table"]
     table: str = "poller_failures"
+    fallback_path: str = Field(
+        "poller-failures-fallback.jsonl", min_length=1, description=_FALLBACK_DESCRIPTION
+    )
 
 
 class SqsDestination(AwsEndpoint):
     type: Literal["sqs"]
     queue_url: str
+    fallback_path: str = Field(
+        "poller-failures-fallback.jsonl", min_length=1, description=_FALLBACK_DESCRIPTION
+    )
 
 
 class FileDestination(Strict):

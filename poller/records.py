@@ -7,6 +7,7 @@ into several, numbering them with `sub_sequence`); the mapper turns the
 
 from __future__ import annotations
 
+import base64
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,21 @@ class Checkpoint:
         return Position(self.shard_id, self.sequence_number, self.sub_sequence)
 
 
+MAX_ERROR_MESSAGE = 4000
+
+
+def describe_error(error: BaseException, limit: int = MAX_ERROR_MESSAGE) -> str:
+    """`str(error)` made safe to store and log: bounded in length, and never
+    raising itself (an exception's `__str__` is arbitrary code)."""
+    try:
+        text = str(error)
+    except Exception:
+        text = f"<{type(error).__name__}: message unavailable>"
+    if len(text) > limit:
+        text = f"{text[: limit - 40]}... ({len(text)} characters)"
+    return text
+
+
 class RecordError(Exception):
     """An error caused by the record itself: retried a bounded number of times,
     then isolated (bisection) and sent to the failure destination."""
@@ -159,3 +175,84 @@ class PartialFailure(RecordError):
     def __init__(self, message: str, item_ids: set[str]):
         super().__init__(message)
         self.item_ids = item_ids
+
+
+def contained(error: Exception, stage: str) -> RecordError:
+    """The record error standing for `error`, raised by `stage` for one record:
+    whatever a record's content makes any stage raise is that record's failure."""
+    if isinstance(error, RecordError):
+        return error
+    wrapped = RecordError(f"{stage} failed: {type(error).__name__}: {describe_error(error)}")
+    wrapped.reason = f"{stage}_error"
+    return wrapped
+
+
+def _plain_text(value: str, limit: int) -> str:
+    """ASCII only (anything else backslash-escaped), no control characters, at
+    most `limit` characters: a form every destination column accepts."""
+    text = value.encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(slots=True)
+class Failure:
+    """A record that goes to the on-failure destination, with why.
+
+    `safe` is set when a destination refused this failure as it was: the
+    payload is then always base64 and every text field plain, bounded ASCII.
+    `stored_at` names the fallback file that holds it when even that form was
+    refused, so it is never lost and never blocks the stream.
+    """
+
+    record: Record
+    reason: str
+    error_class: str
+    error_message: str
+    attempts: int
+    first_failure_at: float
+    last_failure_at: float
+    dedup_id: str | None = None
+    safe: bool = False
+    stored_at: str | None = None
+
+    def payload_text(self) -> tuple[str, str]:
+        """(payload, encoding): UTF-8 text when it is text a database can hold
+        (no NUL), else base64."""
+        raw = self.record.raw_data
+        if not self.safe and b"\x00" not in raw:
+            try:
+                return raw.decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                pass
+        return base64.b64encode(raw).decode(), "base64"
+
+    def text(self, value: str | None, limit: int) -> str | None:
+        """A text field as stored: NULs never (no database text type holds
+        them), and in safe form plain ASCII within `limit` characters."""
+        if value is None:
+            return None
+        if self.safe:
+            return _plain_text(value, limit)
+        return value.replace("\x00", "\\x00") if "\x00" in value else value
+
+    def as_dict(self) -> dict[str, Any]:
+        payload, encoding = self.payload_text()
+        r = self.record
+        return {
+            "stream": r.stream,
+            "source": r.source,
+            "shard_id": r.shard_id,
+            "sequence_number": r.sequence_number,
+            "sub_sequence": r.sub_sequence,
+            "partition_key": r.partition_key,
+            "message_id": r.meta.get("message_id"),
+            "reason": self.reason,
+            "error_class": self.error_class,
+            "error_message": self.error_message,
+            "attempts": self.attempts,
+            "first_failure_at": self.first_failure_at,
+            "last_failure_at": self.last_failure_at,
+            "payload": payload,
+            "payload_encoding": encoding,
+        }

@@ -38,6 +38,11 @@ FAILED = Counter(
     "Records sent to the on-failure destination (or dropped: destination=none).",
     ["stream", "destination", "reason"],
 )
+FAILED_FALLBACK = Counter(
+    "poller_failed_records_fallback_total",
+    "Failure records the destination refused, kept whole in the fallback file instead.",
+    ["stream", "destination"],
+)
 SINK_ERRORS = Counter("poller_sink_errors_total", "Errors raised by the sink.", ["stream", "error_class"])
 SQS_INFLIGHT = Gauge("poller_sqs_inflight_messages", "SQS messages received and not yet deleted.", ["stream"])
 SQS_DELETED = Counter("poller_sqs_deleted_messages_total", "SQS messages deleted after commit.", ["stream"])

@@ -29,8 +29,16 @@ from poller.destinations import Destination
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.processing.mapping import RowOp
-from poller.records import PartialFailure, Record, RecordError, TransientError
-from poller.sinks.base import CommitResult, Failure, Sink, Transaction
+from poller.records import (
+    Failure,
+    PartialFailure,
+    Record,
+    RecordError,
+    TransientError,
+    contained,
+    describe_error,
+)
+from poller.sinks.base import CommitResult, Sink, Transaction
 
 log = get_logger()
 
@@ -61,13 +69,16 @@ class Unit:
             record=self.source,
             reason=reason,
             error_class=type(error).__name__,
-            error_message=str(error),
+            error_message=describe_error(error),
             attempts=self.attempts if attempts is None else attempts,
             first_failure_at=self.first_failed_at or now,
             last_failure_at=now,
             dedup_id=self.source.meta.get("message_id"),
         )
         self.ops = []
+
+    def fail_with(self, error: RecordError, attempts: int | None = None) -> None:
+        self.fail(error.reason, error, attempts)
 
 
 class Backoff:
@@ -140,7 +151,7 @@ class FailurePolicy:
                 return
             try:
                 await self._send_failures(active)
-                result = await self.sink.commit(self._transaction(active))
+                result = await self._commit_once(active)
             except TransientError as e:
                 transient += 1
                 self._transient(e, transient)
@@ -156,13 +167,18 @@ class FailurePolicy:
                         await asyncio.sleep(self.backoff.delay(record_round))
                     continue
                 live = [u for u in active if u.failure is None and not u.delivered]
+                refused = (
+                    [u for u in active if u.failure is not None and u.failure.stored_at is None]
+                    if self.destination.in_transaction
+                    else []
+                )
                 if not live:
-                    # The failure rows themselves were refused: nothing to bisect.
-                    transient += 1
-                    self._transient(TransientError(f"failure rows refused: {e}"), transient)
-                    await asyncio.sleep(self.backoff.delay(transient))
+                    # Only failure rows (and checkpoints) were left: the destination
+                    # refused a failure as it was. Store it in a form it accepts, or
+                    # else in the fallback file, and go on: it never blocks the stream.
+                    await self._store_refused(refused, e)
                     continue
-                if len(live) > 1 and self.retry.bisect_on_error:
+                if len(live) + len(refused) > 1 and len(active) > 1 and self.retry.bisect_on_error:
                     metrics.BISECTIONS.labels(self.stream).inc()
                     mid = len(active) // 2
                     await self._commit_range(active[:mid], results)
@@ -187,9 +203,47 @@ class FailurePolicy:
             results.append(result)
             return
 
+    async def _commit_once(self, active: list[Unit]) -> CommitResult:
+        """One commit attempt. Whatever the sink raises that is neither transient
+        nor a record error is a record error too (containment by construction):
+        bisection then finds the record that causes it, and a deterministic
+        error can never hold the stream back as a "transient" one would."""
+        try:
+            return await self.sink.commit(self._transaction(active))
+        except (TransientError, RecordError):
+            raise
+        except Exception as e:
+            log.error(
+                "unexpected sink error; treated as a record error", error=describe_error(e), exc_info=True
+            )
+            raise contained(e, "sink") from e
+
+    async def _store_refused(self, units: list[Unit], e: RecordError) -> None:
+        failures = [u.failure for u in units if u.failure is not None]
+        if not failures:
+            # Nothing of ours left to blame (the checkpoint rows themselves?): wait.
+            self.transient_failures += 1
+            self._transient(TransientError(f"commit refused with no record left: {e}"), 5)
+            await asyncio.sleep(self.backoff.delay(self.transient_failures))
+            return
+        if not all(f.safe for f in failures):
+            for f in failures:
+                f.safe = True
+            log.warning(
+                "failure destination refused a failure record; storing it in safe form (base64 payload)",
+                stream=self.stream,
+                shard=self.shard,
+                records=len(failures),
+                error=describe_error(e),
+            )
+            return
+        await self.destination.store_fallback(failures, describe_error(e))
+
     def _transaction(self, active: list[Unit]) -> Transaction:
         tx = self.build_tx(active)
         tx.records = [u.source for u in active if _deliverable(u)]
+        if tx.failures:
+            tx.failures = [f for f in tx.failures if f.stored_at is None]
         return tx
 
     def _attempt(self, units: list[Unit], e: RecordError) -> bool:
@@ -248,7 +302,14 @@ class FailurePolicy:
             return
         pending = [u for u in units if u.failure is not None and not u.sent]
         if pending:
-            await self.destination.send([u.failure for u in pending if u.failure is not None])
+            try:
+                await self.destination.send([u.failure for u in pending if u.failure is not None])
+            except TransientError:
+                raise
+            except Exception as e:
+                # A destination refuses what it cannot hold by storing it elsewhere
+                # (destinations.py); anything else is its bug or its outage: wait.
+                raise TransientError(f"failure destination: {type(e).__name__}: {describe_error(e)}") from e
             for u in pending:
                 u.sent = True
 

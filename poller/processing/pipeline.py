@@ -3,6 +3,12 @@
 Everything here is per record and synchronous; a record that cannot be
 decoded or mapped becomes a failed unit on its own, so it never holds back
 the records around it and never needs bisection to be found.
+
+Containment by construction: *any* exception raised while one record is
+decoded, filtered, mapped or coerced is that record's failure — whatever its
+type, known or not — so a surprise in user data never escapes into a lane.
+Only exceptions that are not `Exception`s (cancellation, KeyboardInterrupt)
+pass through.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from poller.observability import metrics
 from poller.processing.decoders import Decoder, build_decoder
 from poller.processing.failures import Unit
 from poller.processing.filters import Matcher, compile_patterns
-from poller.records import Record, RecordError
+from poller.records import Record, RecordError, contained
 from poller.sinks.base import Sink
 
 
@@ -36,9 +42,19 @@ class Preparer:
         self._filtered = metrics.RECORDS.labels(cfg.name, "filtered")
 
     def _expand(self, record: Record) -> list[Record]:
-        children = self.decoder(record)
+        try:
+            children = self.decoder(record)
+        except RecordError:
+            raise
+        except Exception as e:
+            raise contained(e, "decode") from e
         if self.filtering:
-            kept = [c for c in children if self.matcher.matches(filter_view(c))]
+            try:
+                kept = [c for c in children if self.matcher.matches(filter_view(c))]
+            except RecordError:
+                raise
+            except Exception as e:
+                raise contained(e, "filter") from e
             if len(kept) != len(children):
                 self._filtered.inc(len(children) - len(kept))
             return kept
@@ -69,9 +85,9 @@ class Preparer:
                 continue
             try:
                 children = expand(record)
-            except RecordError as e:
+            except Exception as e:
                 u = Unit(source=record, token=record.position, index=len(units))
-                u.fail(e.reason, e, attempts=1)
+                u.fail_with(contained(e, "decode"), attempts=1)
                 units.append(u)
                 continue
             if not children:
@@ -81,8 +97,8 @@ class Preparer:
                 u = Unit(source=child, records=[child], token=child.position, index=len(units))
                 try:
                     u.ops = prepare(child)
-                except RecordError as e:
-                    u.fail(e.reason, e, attempts=1)
+                except Exception as e:
+                    u.fail_with(contained(e, "mapping"), attempts=1)
                 units.append(u)
         return units
 
@@ -94,10 +110,15 @@ class Preparer:
             return u
         try:
             children = self._expand(record)
-            u.records = children
-            u.filtered = not children
+        except Exception as e:
+            u.fail_with(contained(e, "decode"), attempts=1)
+            return u
+        u.records = children
+        u.filtered = not children
+        try:
             for child in children:
                 u.ops.extend(self.sink.prepare(child))
-        except RecordError as e:
-            u.fail(e.reason, e, attempts=1)
+        except Exception as e:
+            u.records = []
+            u.fail_with(contained(e, "mapping"), attempts=1)
         return u

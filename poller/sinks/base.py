@@ -9,7 +9,6 @@ order of the statements and how errors are classified.
 from __future__ import annotations
 
 import abc
-import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,51 +17,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from poller.processing.mapping import Mapper, RowOp, last_op_per_key
-from poller.records import Checkpoint, MappingError, Record, RecordError, ShardState, TransientError
+from poller.records import (
+    Checkpoint,
+    MappingError,
+    Record,
+    RecordError,
+    ShardState,
+    TransientError,
+)
+from poller.records import (
+    Failure as Failure,  # re-exported: the type now lives in records
+)
 from poller.sinks.coercion import CoercionError, Converter, coerce_row, row_coercer
-
-
-@dataclass(slots=True)
-class Failure:
-    """A record that goes to the on-failure destination, with why."""
-
-    record: Record
-    reason: str
-    error_class: str
-    error_message: str
-    attempts: int
-    first_failure_at: float
-    last_failure_at: float
-    dedup_id: str | None = None
-
-    def payload_text(self) -> tuple[str, str]:
-        """(payload, encoding): UTF-8 text when it is text, else base64."""
-        raw = self.record.raw_data
-        try:
-            return raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            return base64.b64encode(raw).decode(), "base64"
-
-    def as_dict(self) -> dict[str, Any]:
-        payload, encoding = self.payload_text()
-        r = self.record
-        return {
-            "stream": r.stream,
-            "source": r.source,
-            "shard_id": r.shard_id,
-            "sequence_number": r.sequence_number,
-            "sub_sequence": r.sub_sequence,
-            "partition_key": r.partition_key,
-            "message_id": r.meta.get("message_id"),
-            "reason": self.reason,
-            "error_class": self.error_class,
-            "error_message": self.error_message,
-            "attempts": self.attempts,
-            "first_failure_at": self.first_failure_at,
-            "last_failure_at": self.last_failure_at,
-            "payload": payload,
-            "payload_encoding": encoding,
-        }
 
 
 @dataclass(slots=True)
@@ -257,15 +223,16 @@ class SqlSink(Sink):
     def failure_row(f: Failure, now: float | None = None) -> tuple[Any, ...]:
         payload, encoding = f.payload_text()
         r = f.record
+        key, text = 255, 1024  # the widths of MySQL's key and text columns (ddl.MYSQL)
         return (
-            r.stream,
-            r.shard_id,
-            r.sequence_number,
+            f.text(r.stream, key),
+            f.text(r.shard_id, key),
+            f.text(r.sequence_number, text),
             r.sub_sequence,
-            r.meta.get("message_id"),
-            f.reason,
-            f.error_class,
-            f.error_message[:4000],
+            f.text(r.meta.get("message_id"), key),
+            f.text(f.reason, key),
+            f.text(f.error_class, key),
+            f.text(f.error_message[:4000], 4000),
             payload,
             encoding,
             f.attempts,

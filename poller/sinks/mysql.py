@@ -16,9 +16,9 @@ import aiomysql
 import pymysql
 
 from poller.processing.mapping import Mapper
-from poller.records import Checkpoint, RecordError, TransientError
-from poller.sinks import ddl
-from poller.sinks.base import Failure, SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.sinks import ddl, errors
+from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import converter
 
 _KINDS = {
@@ -47,61 +47,97 @@ _KINDS = {
     "binary": "bytes",
 }
 
-# Server errors that mean "the database, not the row": connection lost, lock wait
-# timeout, deadlock, read-only, too many connections, server shutting down.
+# Error codes by what they mean (the table with names is in docs/architecture.md).
+# Transient: connections and the server's state, not the rows.
 _TRANSIENT_CODES = {
-    1040,
-    1053,
-    1205,
-    1213,
-    1290,
-    1836,
-    2003,
-    2006,
-    2013,
-    2055,
-    1927,
-    1047,
-    1158,
-    1159,
-    1161,
+    0,  # PyMySQL: the connection is closed
+    1021,  # disk full
+    1030,  # storage engine error
+    1037,  # out of memory
+    1038,  # out of sort memory
+    1040,  # too many connections
+    1041,  # out of memory
+    1047,  # unknown command (server starting or shutting down)
+    1053,  # server shutdown in progress
+    1114,  # table is full
+    1158,  # network read error
+    1159,  # network read timeout
+    1160,  # network write error
+    1161,  # network write timeout
+    1180,  # error during commit
+    1181,  # error during rollback
+    1205,  # lock wait timeout
+    1213,  # deadlock
+    1290,  # --read-only
+    1317,  # query interrupted
+    1792,  # read-only transaction
+    1836,  # read-only mode
+    1927,  # connection killed (MariaDB)
+    1969,  # max_statement_time exceeded (MariaDB)
+    2002,  # cannot connect (socket)
+    2003,  # cannot connect (TCP)
+    2005,  # unknown host
+    2006,  # server has gone away
+    2013,  # lost connection during query
+    2014,  # commands out of sync (the connection's state)
+    2026,  # SSL connection error
+    2055,  # lost connection
+    3024,  # max_execution_time exceeded (MySQL)
+    4031,  # disconnected for inactivity (MySQL 8)
 }
-_RECORD_CODES = {
-    1048,
-    1062,
-    1264,
-    1265,
-    1292,
-    1366,
-    1406,
-    1452,
-    1451,
-    3819,
-    4025,
-    1690,
-    1367,
-    1216,
-    1217,
+_CONSTRAINT_CODES = {
+    1048,  # column cannot be null
+    1062,  # duplicate entry
+    1216,  # foreign key: no parent
+    1217,  # foreign key: has children
+    1451,  # foreign key: has children
+    1452,  # foreign key: no parent
+    1644,  # SIGNAL raised by a trigger
+    3819,  # check constraint violated (MySQL 8)
+    4025,  # constraint failed (MariaDB; also its JSON columns' JSON_VALID check)
 }
+_DATA_CODES = {
+    1118,  # row size too large
+    1153,  # packet larger than max_allowed_packet (bisection makes it smaller)
+    1264,  # out of range
+    1265,  # data truncated
+    1292,  # incorrect datetime / truncated incorrect value
+    1300,  # invalid character string
+    1365,  # division by zero
+    1366,  # incorrect string or integer value (e.g. 4-byte UTF-8 into utf8mb3)
+    1367,  # illegal double value
+    1406,  # data too long
+    1411,  # incorrect value for a function
+    1416,  # cannot get geometry object
+    1441,  # datetime function overflow
+    1690,  # value out of range
+    3140,  # invalid JSON text (MySQL 8 JSON columns)
+    3141,  # invalid JSON text in argument
+    3146,  # invalid data type for JSON
+    3156,  # invalid JSON value for CAST
+    4036,  # character disallowed in JSON (MariaDB)
+    4037,  # unexpected end of JSON text (MariaDB)
+    4038,  # syntax error in JSON text (MariaDB)
+    4040,  # JSON nesting too deep (MariaDB)
+}
+_RECORD_CODES = _CONSTRAINT_CODES | _DATA_CODES
 
 
 def classify(exc: BaseException) -> Exception:
     if isinstance(exc, TransientError | RecordError):
         return exc
-    code = exc.args[0] if isinstance(exc, pymysql.err.MySQLError) and exc.args else None
-    if isinstance(code, int):
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        code = exc.args[0]
+        text = f"mysql {code}: {describe_error(exc.args[1] if len(exc.args) > 1 else exc)}"
         if code in _RECORD_CODES:
-            err = RecordError(f"mysql {code}: {exc.args[1] if len(exc.args) > 1 else exc}")
-            err.reason = (
-                "constraint_violation" if code in (1048, 1062, 1452, 1451, 3819, 4025) else "data_error"
-            )
-            return err
-        if code in _TRANSIENT_CODES or code >= 2000:
-            return TransientError(f"mysql {code}: {exc}")
-        return TransientError(f"mysql {code} (needs attention): {exc}")
-    if isinstance(exc, pymysql.err.IntegrityError | pymysql.err.DataError):
-        return RecordError(f"mysql: {exc}")
-    return TransientError(f"mysql unavailable: {type(exc).__name__}: {exc}")
+            reason = "constraint_violation" if code in _CONSTRAINT_CODES else "data_error"
+            return errors.record_error(text, reason)
+        if code in _TRANSIENT_CODES:
+            return TransientError(text)
+        return errors.needs_attention(text)
+    # No server code: PyMySQL refused to escape a value ("inf can not be used
+    # with MySQL"), or a Python error while encoding; or the socket failed.
+    return errors.by_python_type(exc, "mysql")
 
 
 def q(name: str) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 import asyncpg
 
 from poller.processing.mapping import Mapper
-from poller.records import Checkpoint, RecordError, TransientError
-from poller.sinks import ddl
-from poller.sinks.base import Failure, SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.sinks import ddl, errors
+from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import converter
 
 _KINDS = {
@@ -42,25 +42,34 @@ _KINDS = {
     "bytea": "bytes",
 }
 
+# SQLSTATE classes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+# Transient: connection (08), rollback/deadlock/serialization (40), resources (53),
+# object in use / lock not available (55), operator intervention (57), system (58),
+# internal (XX). Record: cardinality (21), data (22), integrity (23), triggered
+# data change (27), routine / external routine exceptions (2F, 38, 39), WITH CHECK
+# OPTION (44), program limit exceeded such as an index row too large (54), and a
+# trigger's RAISE (P0). Anything else (42 undefined table/column or permission,
+# 28 authentication, 3D/3F unknown database/schema, 0A unsupported) needs attention.
 _TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
 _TRANSIENT_STATES = {"25006", "25P03"}  # read-only transaction, idle-in-transaction timeout
-_RECORD_CLASSES = ("22", "23", "P0")
+_RECORD_CLASSES = ("21", "22", "23", "27", "2F", "38", "39", "44", "54", "P0")
 
 
 def classify(exc: BaseException) -> Exception:
     if isinstance(exc, TransientError | RecordError):
         return exc
     state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str):
+    if isinstance(exc, asyncpg.PostgresError) and isinstance(state, str):
         if state in _TRANSIENT_STATES or state.startswith(_TRANSIENT_CLASSES):
             return TransientError(f"postgres {state}: {exc}")
         if state.startswith(_RECORD_CLASSES):
-            err = RecordError(f"postgres {state}: {exc}")
-            err.reason = "constraint_violation" if state.startswith("23") else "data_error"
-            return err
-        # Undefined table/column, permissions: an operator must act; wait, lose nothing.
-        return TransientError(f"postgres {state} (needs attention): {exc}")
-    return TransientError(f"postgres unavailable: {type(exc).__name__}: {exc}")
+            reason = "constraint_violation" if state.startswith("23") else "data_error"
+            return errors.record_error(f"postgres {state}: {describe_error(exc)}", reason)
+        return errors.needs_attention(f"postgres {state}: {describe_error(exc)}")
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):
+        # The connection's state (closed, released, busy), not the values.
+        return TransientError(f"postgres unavailable: {type(exc).__name__}: {exc}")
+    return errors.by_python_type(exc, "postgres")
 
 
 def q(name: str) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 import aiosqlite
 
 from poller.processing.mapping import Mapper
-from poller.records import Checkpoint, RecordError, TransientError
-from poller.sinks import ddl
-from poller.sinks.base import Failure, SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.sinks import ddl, errors
+from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import converter
 
 
@@ -44,16 +44,28 @@ def _kind(decl: str) -> str:
     return "other"
 
 
+# OperationalError texts that are the database's state, not the rows.
+_TRANSIENT_TEXTS = ("locked", "busy", "disk i/o", "unable to open", "readonly", "read-only", "full")
+
+
 def classify(exc: BaseException) -> Exception:
     if isinstance(exc, TransientError | RecordError):
         return exc
     if isinstance(exc, sqlite3.IntegrityError):
-        err = RecordError(f"sqlite: {exc}")
-        err.reason = "constraint_violation"
-        return err
-    if isinstance(exc, sqlite3.InterfaceError | sqlite3.DataError):
-        return RecordError(f"sqlite: {exc}")
-    return TransientError(f"sqlite: {type(exc).__name__}: {exc}")
+        return errors.record_error(f"sqlite: {describe_error(exc)}", "constraint_violation")
+    if isinstance(exc, sqlite3.InterfaceError | sqlite3.DataError | sqlite3.ProgrammingError):
+        # A value SQLite cannot bind (an int over 64 bits, an unsupported type).
+        return errors.record_error(f"sqlite: {describe_error(exc)}", "data_error")
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "too big" in text:  # SQLITE_TOOBIG: a string or blob over its limit
+            return errors.record_error(f"sqlite: {describe_error(exc)}", "data_error")
+        if any(t in text for t in _TRANSIENT_TEXTS):
+            return TransientError(f"sqlite: {exc}")
+        return errors.needs_attention(f"sqlite: {describe_error(exc)}")
+    if isinstance(exc, sqlite3.Error):
+        return TransientError(f"sqlite: {type(exc).__name__}: {exc}")
+    return errors.by_python_type(exc, "sqlite")
 
 
 def q(name: str) -> str:

@@ -135,7 +135,7 @@ class SqsConsumer(SourceConsumer):
             keeper = asyncio.create_task(self._keep_visible(), name=f"{self.name}-visibility")
             purger = asyncio.create_task(self._purge(), name=f"{self.name}-purge")
             try:
-                await stop.wait()
+                await self._until_stop_or_crash(stop, [*pollers, *workers, keeper, purger])
                 # Stop receiving, finish what we hold.
                 for t in pollers:
                     t.cancel()
@@ -148,6 +148,22 @@ class SqsConsumer(SourceConsumer):
                     t.cancel()
                 await asyncio.gather(*pollers, *workers, keeper, purger, return_exceptions=True)
                 await self._release_all()
+
+    async def _until_stop_or_crash(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for `stop`. A task of this consumer never ends on its own: one that
+        does died of a bug, and the whole stream fails with its error (the
+        supervisor logs it, reports the stream not ready and restarts it; the
+        messages held are released) rather than a lane going silently quiet."""
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if stop.is_set():
+            return
+        for task in done:
+            error = None if task.cancelled() else task.exception()
+            raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {error!r}") from error
 
     async def _describe(self, stop: asyncio.Event) -> None:
         attempt = 0
