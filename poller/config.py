@@ -11,16 +11,21 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from poller import dsn as dsn_rules
+from poller import safe_yaml
+from poller.redaction import redact, register_dsn
 
 DecoderName = Literal["json", "text", "none", "kpl", "cloudwatch_logs", "mysql_audit"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No float setting means anything at inf or NaN (YAML `.inf`, `1.0e+400`): refused by name.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AwsEndpoint(Strict):
@@ -114,6 +119,16 @@ class SqsSource(AwsEndpoint):
     max_inflight_messages: int = Field(
         1000, ge=10, le=120_000, description="Messages received but not yet deleted."
     )
+    max_inflight_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=16 * 1024**3,
+        description="Bytes of messages (body and message attributes, as SQS counts a message's size) "
+        "received but not yet deleted. A receive asks only for as many messages as fit if each were "
+        "of the queue's MaximumMessageSize (up to 1 MiB), so the bound holds; one message larger than "
+        "the bound is still taken when nothing else is held. The default holds 64 of the largest "
+        "messages and leaves max_inflight_messages the bound for small ones.",
+    )
     visibility_timeout_seconds: int | None = Field(
         None, ge=1, le=43_200, description="Override the queue's own VisibilityTimeout."
     )
@@ -126,6 +141,39 @@ class SqsSource(AwsEndpoint):
 
 
 SourceConfig = Annotated[KinesisSource | DynamoDBSource | SqsSource, Field(discriminator="type")]
+
+
+class LimitsConfig(Strict):
+    """What one source record may expand into while it is decoded; over a limit, the record
+    is a decode error and goes to the failure destination with its payload."""
+
+    max_records_per_payload: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Records one source record may expand into at each expanding decode stage: user "
+        "records of a KPL aggregate, log events of a CloudWatch Logs delivery. 10,000 is the most "
+        "events one PutLogEvents call takes, and more than a KPL aggregate of the KPL's default size "
+        "(50 KiB, at least 6 bytes a user record) can hold; raise it for producers that pack tiny "
+        "user records into aggregates of up to 1 MiB.",
+    )
+    max_inflated_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Bytes one source record may inflate to (gunzip of CloudWatch Logs deliveries, all "
+        "of them together for a KPL aggregate of deliveries), checked while inflating. A delivery is "
+        "at most one Kinesis record of gzip (1 MiB) and log text rarely compresses better than 10:1, "
+        "so the default takes any real delivery and stops a gzip bomb (1000:1) after 16 MiB.",
+    )
+    max_json_depth: int = Field(
+        256,
+        ge=1,
+        le=512,
+        description="Deepest nesting of arrays and objects the json decoder accepts. Deeper values "
+        "would exceed the interpreter's recursion limit later (mapping, the sink's JSON encoding); "
+        "MySQL's JSON type stops at 100.",
+    )
 
 
 class BatchConfig(Strict):
@@ -151,6 +199,11 @@ _FALLBACK_DESCRIPTION = (
 class TableDestination(Strict):
     type: Literal["table"]
     table: str = "poller_failures"
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, v: str) -> str:
+        return _identifier(v, table=True)
     fallback_path: str = Field(
         "poller-failures-fallback.jsonl", min_length=1, description=_FALLBACK_DESCRIPTION
     )
@@ -172,7 +225,45 @@ class FileDestination(Strict):
 OnFailure = Annotated[TableDestination | SqsDestination | FileDestination, Field(discriminator="type")]
 
 
+def _identifier(name: str, *, table: bool, **limits: int) -> str:
+    from poller.sinks.ddl import identifier_problem
+
+    problem = identifier_problem(name, table=table, **limits)
+    if problem:
+        raise ValueError(f"{'table' if table else 'column'} {name!r}: {problem}")
+    return name
+
+
+def _server_dsn(v: str, schemes: tuple[str, ...], default_port: int | None = None) -> str:
+    # DsnError never quotes the DSN; pydantic's own message would not either.
+    try:
+        parsed = dsn_rules.check(v, schemes)
+        if default_port is not None:
+            parsed.host_port(default_port)
+    except dsn_rules.DsnError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
+def _checkpoint_dsn(v: str) -> str:
+    """A checkpoint store is SQLite, PostgreSQL or MySQL: any other scheme is refused
+    here rather than taken for a SQLite file named after the DSN."""
+    store = dsn_rules.kind(v)
+    if store is None:
+        scheme = dsn_rules.scheme_of(v)
+        what = f"scheme {scheme!r}" if scheme else "an empty value"
+        raise ValueError(f"{what} is not a checkpoint store: give {dsn_rules.CHECKPOINT_DSN_FORMS}")
+    if store == "postgres":
+        return _server_dsn(v, dsn_rules.POSTGRES_SCHEMES)
+    if store == "mysql":
+        return _server_dsn(v, dsn_rules.MYSQL_SCHEMES, 3306)
+    return v
+
+
 class DatabaseSink(Strict):
+    # Longest table or column name the database keeps (PostgreSQL truncates silently).
+    _name_limits: ClassVar[dict[str, int]] = {}
+
     dsn: str = Field(..., min_length=1)
     table: str = Field(..., min_length=1)
     key: list[str] = Field(default_factory=list)
@@ -212,18 +303,61 @@ class DatabaseSink(Strict):
                 raise ValueError(f"column {column!r}: invalid JMESPath {expr!r}: {e}") from e
         return v
 
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, v: str) -> str:
+        return _identifier(v, table=True, **cls._name_limits)
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for column in v or {}:
+            _identifier(column, table=False, **cls._name_limits)
+        return v
+
+    @field_validator("key")
+    @classmethod
+    def _key_names(cls, v: list[str]) -> list[str]:
+        for column in v:
+            _identifier(column, table=False, **cls._name_limits)
+        return v
+
+    @field_validator("soft_delete_column")
+    @classmethod
+    def _soft_delete_name(cls, v: str | None) -> str | None:
+        return None if v is None else _identifier(v, table=False, **cls._name_limits)
+
 
 class PostgresSink(DatabaseSink):
     type: Literal["postgres"]
+    _name_limits: ClassVar[dict[str, int]] = {"max_bytes": 63}
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_dsn(cls, v: str) -> str:
+        return _server_dsn(v, dsn_rules.POSTGRES_SCHEMES)
 
 
 class MysqlSink(DatabaseSink):
     type: Literal["mysql"]
+    _name_limits: ClassVar[dict[str, int]] = {"max_chars": 64}
+
+    @field_validator("dsn")
+    @classmethod
+    def _mysql_dsn(cls, v: str) -> str:
+        return _server_dsn(v, (*dsn_rules.MYSQL_SCHEMES, "mysql+aiomysql"), 3306)
 
 
 class SqliteSink(DatabaseSink):
     type: Literal["sqlite"]
     dsn: str = Field(..., min_length=1, description="File path, or sqlite:///path.")
+
+    @field_validator("dsn")
+    @classmethod
+    def _sqlite_dsn(cls, v: str) -> str:
+        if dsn_rules.kind(v) != "sqlite":
+            raise ValueError("not a SQLite database: give a file path, sqlite:///path or file:path")
+        return v
 
 
 class HandlerSink(Strict):
@@ -235,6 +369,11 @@ class HandlerSink(Strict):
     checkpoint_dsn: str = Field(
         "poller-checkpoints.sqlite", description="sqlite path, postgres:// or mysql:// DSN"
     )
+
+    @field_validator("checkpoint_dsn")
+    @classmethod
+    def _checkpoint_store(cls, v: str) -> str:
+        return _checkpoint_dsn(v)
     code_path: str | None = Field(
         None,
         description="Folder put first on the import path (Lambda's /var/task); default: the working folder.",
@@ -255,6 +394,11 @@ class LambdaSink(AwsEndpoint):
     type: Literal["lambda"]
     function: str = Field(..., min_length=1, description="Function name, name:alias, or ARN.")
     checkpoint_dsn: str = "poller-checkpoints.sqlite"
+
+    @field_validator("checkpoint_dsn")
+    @classmethod
+    def _checkpoint_store(cls, v: str) -> str:
+        return _checkpoint_dsn(v)
     qualifier: str | None = Field(None, description="Version or alias to invoke.")
     timeout_seconds: float = Field(
         900, gt=0, le=900, description="How long to wait for one Invoke (the function's own timeout or more)."
@@ -275,6 +419,7 @@ class StreamConfig(Strict):
     batch: BatchConfig = BatchConfig()
     filters: list[dict[str, Any]] = Field(default_factory=list, max_length=10)
     decode: DecoderName | list[DecoderName] = "json"
+    limits: LimitsConfig = LimitsConfig()
     retry: RetryConfig = RetryConfig()
     on_failure: OnFailure | None = None
     sink: SinkConfig
@@ -322,11 +467,29 @@ class StreamConfig(Strict):
 
 
 class ConfigError(Exception):
-    """A config problem; str() is one line per problem: `file: field: reason`."""
+    """A config problem; str() is one line per problem: `file: field: reason`.
+
+    Every line is redacted (a DSN's password never shows, whatever it holds) and
+    kept to one bounded line: it is printed by `poller check` and logged."""
 
     def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
-        self.problems = problems
+        lines = [_one_line(redact(p)) for p in problems]
+        super().__init__("\n".join(lines))
+        self.problems = lines
+
+
+_MAX_LINE = 500
+_MAX_PROBLEMS_PER_FILE = 20
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split("\n"))
+    return text if len(text) <= _MAX_LINE else text[: _MAX_LINE - 3] + "..."
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -360,13 +523,17 @@ class _MissingVar(Exception):
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
-    # Drop pydantic's discriminator tags (e.g. `source.kinesis.stream` → `source.stream`).
+    # Drop pydantic's discriminator tags (e.g. `source.kinesis.stream` → `source.stream`),
+    # only right after a union field: `sink.postgres.table` is the field `sink.table`.
     parts: list[str] = []
-    for p in loc:
-        if isinstance(p, str) and p in _TAGS:
+    for i, p in enumerate(loc):
+        if isinstance(p, str) and p in _TAGS and i > 0 and loc[i - 1] in _UNIONS:
             continue
         parts.append(str(p))
     return ".".join(parts) or "(top level)"
+
+
+_UNIONS = {"source", "sink", "on_failure"}
 
 
 _TAGS = {
@@ -396,7 +563,7 @@ def _format_error(err: Any) -> str:
     elif typ == "missing":
         msg = "field required"
     elif typ == "literal_error":
-        msg = f"expected {err.get('ctx', {}).get('expected')}, got {err.get('input')!r}"
+        msg = f"expected {err.get('ctx', {}).get('expected')}, got {_short(err.get('input'))}"
     msg = msg.removeprefix("Value error, ")
     return f"{_loc(tuple(err['loc']))}: {msg}"
 
@@ -408,10 +575,36 @@ def parse_stream(data: Any, source_name: str, env: dict[str, str] | None = None)
         data = interpolate(data, dict(os.environ) if env is None else env)
     except _MissingVar as e:
         raise ConfigError([f"{source_name}: {e}"]) from None
+    _register_secrets(data)
     try:
         return StreamConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError([f"{source_name}: {_format_error(err)}" for err in e.errors()]) from None
+        errors = e.errors()
+        problems = [f"{source_name}: {_format_error(err)}" for err in errors[:_MAX_PROBLEMS_PER_FILE]]
+        if len(errors) > _MAX_PROBLEMS_PER_FILE:
+            problems.append(f"{source_name}: ... and {len(errors) - _MAX_PROBLEMS_PER_FILE} more problems")
+        raise ConfigError(problems) from None
+
+
+def _register_secrets(value: Any) -> None:
+    """Every URL password in the file is masked in all later output, however it is echoed."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and "://" in v:
+            register_dsn(v)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"invalid YAML: character #x{e.character:04x} at offset {e.position} is not allowed"
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+    return f"{where}invalid YAML: {getattr(e, 'problem', None) or e}"
 
 
 def stream_files(path: Path) -> list[Path]:
@@ -431,12 +624,12 @@ def load_path(path: str | Path, env: dict[str, str] | None = None) -> list[Strea
     streams: list[StreamConfig] = []
     for file in stream_files(Path(path)):
         try:
-            text = file.read_text()
-            data = yaml.safe_load(text)
+            data = safe_yaml.read(file)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            problems.append(f"{file}:{where}: invalid YAML: {getattr(e, 'problem', e)}")
+            problems.append(f"{file}: {_yaml_problem(e)}")
+            continue
+        except safe_yaml.YamlProblem as e:
+            problems.append(f"{file}: {e}")
             continue
         except OSError as e:
             problems.append(f"{file}: cannot read: {e.strerror}")
@@ -445,6 +638,8 @@ def load_path(path: str | Path, env: dict[str, str] | None = None) -> list[Strea
             streams.append(parse_stream(data, str(file), env))
         except ConfigError as e:
             problems.extend(e.problems)
+        except Exception as e:  # a validator's bug must not hide the other files' problems
+            problems.append(f"{file}: cannot be checked: {type(e).__name__}: {e}")
     names: dict[str, int] = {}
     for s in streams:
         names[s.name] = names.get(s.name, 0) + 1

@@ -11,6 +11,7 @@ for timestamps); everything here turns it into the JSON wire form Lambda sends.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -50,18 +51,19 @@ def filter_view(record: Record) -> dict[str, Any]:
     - SQS: the event record with `body` replaced by the parsed JSON object or array;
       any other body stays the plain string.
     - DynamoDB: the whole event record (`eventName`, typed `dynamodb.NewImage`, ...).
+
+    The cost is the record's own size: a decoded payload is used as it is, and
+    the children of one aggregate share the work on their parent's bytes (see
+    `_payload_field`), so filtering N user records is not N times the aggregate.
     """
-    event = lambda_record(record)
     if record.source == KINESIS:
-        view: dict[str, Any] = event["kinesis"]
         # After a decoder ran, `data` is the parsed payload (of a KPL user record
         # too, whose bytes are no longer the raw aggregate's).
-        parsed = (
-            record.data if isinstance(record.data, dict | list) else _json_container(_kinesis_payload(record))
-        )
-        if parsed is not None:
-            view["data"] = parsed
-        return view
+        data = record.data
+        if isinstance(data, dict | list):
+            return _kinesis_fields(record, data)
+        return _kinesis_fields(record, _payload_field(_kinesis_payload(record)))
+    event = lambda_record(record)
     if record.source == SQS:
         parsed = record.data if isinstance(record.data, dict | list) else _json_container(event["body"])
         if parsed is not None:
@@ -73,30 +75,35 @@ def filter_view(record: Record) -> dict[str, Any]:
 
 
 def _kinesis_record(record: Record, function_arn: str) -> dict[str, Any]:
+    kinesis = _kinesis_fields(record, _b64_payload(_kinesis_payload(record)))
+    return {
+        "kinesis": kinesis,
+        "eventSource": KINESIS,
+        "eventVersion": "1.0",
+        "eventID": f"{record.shard_id}:{kinesis['sequenceNumber']}",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": function_arn,
+        "awsRegion": record.region,
+        "eventSourceARN": record.event_source_arn,
+    }
+
+
+def _kinesis_fields(record: Record, data: Any) -> dict[str, Any]:
+    """The event record's `kinesis` object, with `data` as given."""
     raw = record.raw
-    sequence_number = raw.get("SequenceNumber") or record.sequence_number
     partition_key = record.partition_key
     if partition_key is None:
         partition_key = raw.get("PartitionKey", "")
     kinesis: dict[str, Any] = {
         "kinesisSchemaVersion": "1.0",
         "partitionKey": partition_key,
-        "sequenceNumber": sequence_number,
-        "data": _b64(_kinesis_payload(record)),
+        "sequenceNumber": raw.get("SequenceNumber") or record.sequence_number,
+        "data": data,
         "approximateArrivalTimestamp": _epoch(raw.get("ApproximateArrivalTimestamp"), record.arrival_time),
     }
     if encryption := raw.get("EncryptionType"):
         kinesis["encryptionType"] = encryption
-    return {
-        "kinesis": kinesis,
-        "eventSource": KINESIS,
-        "eventVersion": "1.0",
-        "eventID": f"{record.shard_id}:{sequence_number}",
-        "eventName": "aws:kinesis:record",
-        "invokeIdentityArn": function_arn,
-        "awsRegion": record.region,
-        "eventSourceARN": record.event_source_arn,
-    }
+    return kinesis
 
 
 def _kinesis_payload(record: Record) -> bytes:
@@ -106,7 +113,8 @@ def _kinesis_payload(record: Record) -> bytes:
     record the user record's bytes (Lambda itself would deliver the aggregate
     once; here each user record becomes its own event record, with its own
     partition key). Once a decoder has replaced `data`, `raw_data`: the original
-    bytes, which for a KPL user record is the whole aggregate.
+    bytes, which for a KPL user record is the whole aggregate — the same object
+    for all its user records, which is what the caches below key on.
     """
     data = record.data
     if isinstance(data, bytes | bytearray | memoryview):
@@ -117,6 +125,22 @@ def _kinesis_payload(record: Record) -> bytes:
     if isinstance(raw, bytes | bytearray):
         return bytes(raw)
     return b""
+
+
+# One entry each: consecutive calls for the user records (or log events) of one
+# aggregate pass the same parent bytes, and bytes cache their hash, so every call
+# after the first costs O(1) instead of a pass over the parent.
+@functools.lru_cache(maxsize=1)
+def _b64_payload(payload: bytes) -> str:
+    return _b64(payload)
+
+
+@functools.lru_cache(maxsize=1)
+def _payload_field(payload: bytes) -> Any:
+    """A filter view's `data`: the payload's JSON object or array, else its base64.
+    The value may be shared by several views: it is only read."""
+    parsed = _json_container(payload)
+    return parsed if parsed is not None else _b64(payload)
 
 
 # -- DynamoDB Streams ----------------------------------------------------------

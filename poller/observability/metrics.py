@@ -45,6 +45,11 @@ FAILED_FALLBACK = Counter(
 )
 SINK_ERRORS = Counter("poller_sink_errors_total", "Errors raised by the sink.", ["stream", "error_class"])
 SQS_INFLIGHT = Gauge("poller_sqs_inflight_messages", "SQS messages received and not yet deleted.", ["stream"])
+SQS_INFLIGHT_BYTES = Gauge(
+    "poller_sqs_inflight_bytes",
+    "Bytes of SQS messages (body and message attributes) received and not yet deleted.",
+    ["stream"],
+)
 SQS_DELETED = Counter("poller_sqs_deleted_messages_total", "SQS messages deleted after commit.", ["stream"])
 SQS_RELEASED = Counter(
     "poller_sqs_released_messages_total",
@@ -82,3 +87,13 @@ TRIMMED = Counter(
     "TrimmedDataAccessException): the records in between were lost.",
     ["stream", "shard"],
 )
+
+# The series labelled by shard. A shard's are removed once this process is done
+# with it (`forget_shard`), so a stream that reshards for months does not keep
+# a series for every shard it ever had.
+SHARD_SERIES = (ITERATOR_AGE, MILLIS_BEHIND, GET_RECORDS, BLOCKED, TRIMMED)
+
+
+def forget_shard(stream: str, shard: str) -> None:
+    for family in SHARD_SERIES:
+        family.remove(stream, shard)

@@ -4,7 +4,15 @@ A decoder takes a `Record` whose `data` is the current payload and returns the
 records to go on with: usually `[record]`, possibly several (KPL aggregates,
 CloudWatch Logs batches), possibly none (CloudWatch control messages). Every
 failure is a `DecodeError` with a one-line reason, so the record is isolated and
-sent to the failure destination instead of stopping the shard.
+sent to the failure destination instead of stopping the shard: a decoder raises
+nothing else, whatever the payload (an unforeseen exception is wrapped).
+
+What one source record may expand into is bounded (`LimitsConfig`): records per
+expanding stage, bytes inflated across the whole chain, JSON nesting. Each bound
+is checked before the work it guards is done (the gzip stream is inflated in
+pieces up to the bound, a KPL aggregate's user records are counted before any
+is built, a CloudWatch document's JSON values before it is parsed), so a
+hostile payload costs at most the bound, never what it claims to hold.
 
 1:1 stages replace `data` on the record they are given rather than copying the
 record: they run on every record, and a `Record` copy per stage would be most of
@@ -28,9 +36,12 @@ from typing import Any
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
+from poller.config import LimitsConfig
 from poller.records import DecodeError, Record
 
 Decoder = Callable[[Record], list[Record]]
+
+DEFAULT_LIMITS = LimitsConfig()
 
 # Children of an already-expanded record are numbered parent * _SUB_SEQUENCE_BASE + i,
 # so positions stay unique and ordered across two levels of expansion.
@@ -41,6 +52,39 @@ _JSON_DECODE = json.JSONDecoder().decode
 # the rest with another; for a payload that starts with its value and ends with
 # it, the scanner alone gives the same value (a third less time per record).
 _JSON_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+class _Budget:
+    """What one source record may still expand into, shared by the stages of a chain.
+
+    `records` is refilled at each expanding stage (the limit is per stage);
+    `inflated` is spent across the whole chain, so a KPL aggregate of gzip
+    bombs cannot multiply the bound by its user records.
+    """
+
+    __slots__ = ("inflated", "limits", "records")
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.limits = limits
+        self.records = limits.max_records_per_payload
+        self.inflated = limits.max_inflated_bytes
+
+    def take_records(self, count: int, what: str) -> None:
+        if count > self.records:
+            cap = self.limits.max_records_per_payload
+            left = "" if self.records == cap else f" ({self.records} left for this record)"
+            raise DecodeError(
+                f"{what}: {count} of them, more than limits.max_records_per_payload={cap}{left}"
+            )
+        self.records -= count
+
+
+Expander = Callable[[Record, _Budget], list[Record]]
+
+
+def _unexpected(what: str, exc: Exception) -> DecodeError:
+    """An exception no check foresaw, raised by the payload's content: still that record's error."""
+    return DecodeError(f"{what}: cannot decode ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 def _sub_sequence_base(record: Record, count: int) -> int:
@@ -82,17 +126,62 @@ def _json(text: str) -> Any:
         raise DecodeError(f"invalid JSON: {exc}") from exc
 
 
+def _nested_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether containers nest more than `limit` levels. Level by level, without
+    recursion: a deep value must not exhaust the stack that is checking it."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        below: list[Any] = []
+        for container in level:
+            for item in container.values() if type(container) is dict else container:
+                if type(item) is dict or type(item) is list:  # parsed JSON: exact types
+                    below.append(item)
+        if not below:
+            return False
+        level = below
+    return True
+
+
 # --------------------------------------------------------------------------- json, text, none
 
 
-def decode_json(record: Record) -> list[Record]:
-    """Parse JSON; a value that is already parsed (DynamoDB image) passes through."""
-    data = record.data
-    if isinstance(data, bytes | bytearray):
-        record.data = _json(_utf8(data))
-    elif isinstance(data, str):
-        record.data = _json(data)
-    return [record]
+def json_decoder(max_depth: int) -> Decoder:
+    """Parse JSON; a value that is already parsed (DynamoDB image) passes through.
+
+    Nesting deeper than `max_depth` is refused: later stages walk values
+    recursively. A text of n characters nests n / 2 levels at most, and no more
+    levels than it has opening brackets, so most records skip the walk.
+    """
+    short = 2 * max_depth
+
+    def decode_json(record: Record) -> list[Record]:
+        data = record.data
+        try:
+            if isinstance(data, bytes | bytearray):
+                text = _utf8(data)
+            elif isinstance(data, str):
+                text = data
+            else:
+                return [record]
+            value = _json(text)
+            if (
+                len(text) > short
+                and isinstance(value, dict | list)
+                and text.count("[") + text.count("{") > max_depth
+                and _nested_deeper(value, max_depth)
+            ):
+                raise DecodeError(f"JSON nests deeper than limits.max_json_depth={max_depth}")
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise _unexpected("JSON", exc) from exc
+        record.data = value
+        return [record]
+
+    return decode_json
+
+
+decode_json = json_decoder(DEFAULT_LIMITS.max_json_depth)
 
 
 def decode_text(record: Record) -> list[Record]:
@@ -133,7 +222,7 @@ def _load_kpl_schema() -> tuple[Any, bytes, int]:
 _AggregatedRecord, _KPL_MAGIC, _KPL_DIGEST_SIZE = _load_kpl_schema()
 
 
-def decode_kpl(record: Record) -> list[Record]:
+def _expand_kpl(record: Record, budget: _Budget) -> list[Record]:
     """Expand a KPL aggregate into its user records; anything else passes through.
 
     The framing check and the walk over the protobuf are done here rather than with
@@ -146,6 +235,15 @@ def decode_kpl(record: Record) -> list[Record]:
     data = record.data
     if not isinstance(data, bytes | bytearray) or not data.startswith(_KPL_MAGIC):
         return [record]
+    try:
+        return _kpl_children(record, data, budget)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _unexpected("KPL aggregate", exc) from exc
+
+
+def _kpl_children(record: Record, data: bytes | bytearray, budget: _Budget) -> list[Record]:
     size = len(data)
     digest_at = size - _KPL_DIGEST_SIZE
     if digest_at < len(_KPL_MAGIC):
@@ -162,11 +260,14 @@ def decode_kpl(record: Record) -> list[Record]:
     if not aggregate.IsInitialized():
         missing = ", ".join(aggregate.FindInitializationErrors())
         raise DecodeError(f"KPL aggregate is missing required fields: {missing}")
+    users = aggregate.records
+    # Counted before any user record becomes a `Record` (the parse itself stays in
+    # the protobuf runtime's arena, proportional to the aggregate's bytes).
+    budget.take_records(len(users), "KPL aggregate user records")
     keys = list(aggregate.partition_key_table)
     for key in keys:
         if not isinstance(key, str):  # upb hands back bytes for invalid UTF-8 in proto2
             raise DecodeError(f"KPL aggregate partition key {key!r} is not valid UTF-8")
-    users = aggregate.records
     base = _sub_sequence_base(record, len(users))
     children: list[Record] = []
     # Explicit hash keys are not read: they only chose the shard at put time.
@@ -181,26 +282,74 @@ def decode_kpl(record: Record) -> list[Record]:
     return children
 
 
+def decode_kpl(record: Record) -> list[Record]:
+    """`_expand_kpl` with the default limits."""
+    return _expand_kpl(record, _Budget(DEFAULT_LIMITS))
+
+
 # --------------------------------------------------------------------------- cloudwatch_logs
 
-# A subscription delivery is at most about 1 MB of events; a far larger inflated size
-# means a hostile or broken payload, which must not take the daemon's memory.
-_MAX_CLOUDWATCH_INFLATED = 64 * 1024 * 1024
+_INFLATE_PIECE = 1 << 20  # inflated per step: the bound is checked between steps
+
+# A JSON string, escapes included; possessive and anchored at the end so that an
+# unterminated string is one match too, and the scan stays linear on any input.
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\[\s\S][^"\\]*+)*+(?:"|\\?\Z)')
+# JSON values (strings, numbers, containers) allowed per log event the limit lets
+# through: an event is 9 ({"id", "timestamp", "message"} with keys and commas);
+# `extractedFields`, added by space-delimited filter patterns, takes 3 a field more.
+_VALUES_PER_EVENT = 32
 
 
-def _gunzip(data: bytes | bytearray) -> bytes:
+def _gunzip(data: bytes | bytearray, budget: _Budget) -> bytearray:
+    limit = budget.inflated
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing only
+    out = bytearray()
+    pending: bytes | bytearray = data
     try:
-        out = inflater.decompress(data, _MAX_CLOUDWATCH_INFLATED)
+        while True:
+            want = min(_INFLATE_PIECE, limit + 1 - len(out))
+            piece = inflater.decompress(pending, want)
+            out += piece
+            if len(out) > limit:
+                cap = budget.limits.max_inflated_bytes
+                left = "" if limit == cap else f" ({limit} left for this record)"
+                raise DecodeError(
+                    f"CloudWatch Logs payload inflates to more than limits.max_inflated_bytes={cap}{left}"
+                )
+            pending = inflater.unconsumed_tail
+            # A full piece may leave output inside zlib with no input left to feed.
+            if inflater.eof or (not pending and len(piece) < want):
+                break
     except zlib.error as exc:
         raise DecodeError(f"CloudWatch Logs payload is not valid gzip: {exc}") from exc
-    if inflater.unconsumed_tail:
-        raise DecodeError(f"CloudWatch Logs payload inflates to more than {_MAX_CLOUDWATCH_INFLATED} bytes")
     if not inflater.eof:
         raise DecodeError("CloudWatch Logs payload is truncated gzip")
     if inflater.unused_data:
         raise DecodeError("CloudWatch Logs payload has data after the gzip stream")
+    budget.inflated -= len(out)
     return out
+
+
+def _json_values(text: bytes | bytearray, allowed: int) -> int:
+    """An upper bound on the values parsing `text` would create (strings, numbers,
+    containers), counted without creating them; stops early past `allowed`.
+
+    Parsing may cost 20 times the text in objects (`[],` is 3 bytes, an empty list
+    64), so the values are bounded before the parse. Strings are counted from
+    their quotes (an escaped quote is no delimiter); commas and brackets only
+    outside strings, which takes a scan that removes them.
+    """
+    quotes = text.count(b'"') - text.count(b'\\"') + text.count(b'\\\\"')
+    strings = quotes // 2 + 1
+    if strings > allowed:
+        return strings
+    # Commas and brackets inside strings count too: still an upper bound, and close
+    # enough for most payloads, which then skip the scan below.
+    rough = strings + text.count(b",") + 2 * (text.count(b"[") + text.count(b"{")) + 1
+    if rough <= allowed:
+        return rough
+    outside = _JSON_STRING.sub(b"", text)  # at most `strings` matches, so bounded too
+    return strings + outside.count(b",") + 2 * (outside.count(b"[") + outside.count(b"{")) + 1
 
 
 def _field(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
@@ -211,19 +360,37 @@ def _field(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
-def decode_cloudwatch_logs(record: Record) -> list[Record]:
+def _expand_cloudwatch_logs(record: Record, budget: _Budget) -> list[Record]:
     """One record per log event of a subscription delivery; control messages vanish."""
     data = record.data
     if not isinstance(data, bytes | bytearray):
         raise DecodeError(f"CloudWatch Logs payload must be gzip bytes, got {type(data).__name__}")
-    inflated = _gunzip(data)
     try:
-        doc = _json(_utf8(inflated))
-    except DecodeError as exc:
-        raise DecodeError(f"CloudWatch Logs payload: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise DecodeError(f"CloudWatch Logs payload is a JSON {type(doc).__name__}, not an object")
+        return _log_events(record, data, budget)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _unexpected("CloudWatch Logs payload", exc) from exc
+
+
+def _log_events(record: Record, data: bytes | bytearray, budget: _Budget) -> list[Record]:
     where = "CloudWatch Logs payload"
+    inflated = _gunzip(data, budget)
+    allowed = _VALUES_PER_EVENT * budget.records + 64
+    values = _json_values(inflated, allowed)
+    if values > allowed:
+        raise DecodeError(
+            f"{where} holds about {values} JSON values, more than {_VALUES_PER_EVENT} a log event for "
+            f"limits.max_records_per_payload={budget.limits.max_records_per_payload}"
+        )
+    try:
+        text = _utf8(inflated)
+        del inflated  # the text is a copy; half the peak memory
+        doc = _json(text)
+    except DecodeError as exc:
+        raise DecodeError(f"{where}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise DecodeError(f"{where} is a JSON {type(doc).__name__}, not an object")
     message_type = _field(doc, "messageType", str, where)
     if message_type == "CONTROL_MESSAGE":  # the service's destination health check
         return []
@@ -233,6 +400,7 @@ def decode_cloudwatch_logs(record: Record) -> list[Record]:
     log_stream = _field(doc, "logStream", str, where)
     owner = _field(doc, "owner", str, where)
     events = _field(doc, "logEvents", list, where)
+    budget.take_records(len(events), f"{where} log events")
     base = _sub_sequence_base(record, len(events))
     children: list[Record] = []
     for i, event in enumerate(events):
@@ -251,6 +419,11 @@ def decode_cloudwatch_logs(record: Record) -> list[Record]:
             )
         )
     return children
+
+
+def decode_cloudwatch_logs(record: Record) -> list[Record]:
+    """`_expand_cloudwatch_logs` with the default limits."""
+    return _expand_cloudwatch_logs(record, _Budget(DEFAULT_LIMITS))
 
 
 # --------------------------------------------------------------------------- mysql_audit
@@ -371,7 +544,12 @@ def decode_mysql_audit(record: Record) -> list[Record]:
         data = _utf8(data)
     elif not isinstance(data, str):
         raise DecodeError(f"{_AUDIT}: expected str or bytes, got {type(data).__name__}")
-    record.data = parse_mysql_audit_line(data)
+    try:
+        record.data = parse_mysql_audit_line(data)
+    except DecodeError:
+        raise
+    except Exception as exc:  # e.g. an id of more digits than int() takes
+        raise _unexpected(_AUDIT, exc) from exc
     return [record]
 
 
@@ -386,30 +564,52 @@ DECODERS: dict[str, Decoder] = {
     "mysql_audit": decode_mysql_audit,
 }
 
+_EXPANDERS: dict[str, Expander] = {"kpl": _expand_kpl, "cloudwatch_logs": _expand_cloudwatch_logs}
 
-def build_decoder(names: list[str]) -> Decoder:
+
+def _one_to_one(name: str, limits: LimitsConfig) -> Decoder:
+    if name == "json" and limits.max_json_depth != DEFAULT_LIMITS.max_json_depth:
+        return json_decoder(limits.max_json_depth)
+    return DECODERS[name]
+
+
+def _ignoring_budget(decoder: Decoder) -> Expander:
+    def stage(record: Record, _: _Budget) -> list[Record]:
+        return decoder(record)
+
+    return stage
+
+
+def build_decoder(names: list[str], limits: LimitsConfig = DEFAULT_LIMITS) -> Decoder:
     """Chain the named stages left to right; each stage sees every record the
-    previous one produced. Unknown names raise ValueError (a config error, not a
+    previous one produced, and one budget (`limits`) bounds the whole chain for
+    each source record. Unknown names raise ValueError (a config error, not a
     record error)."""
     unknown = [name for name in names if name not in DECODERS]
     if unknown:
         raise ValueError(f"unknown decoder {unknown[0]!r}; known: {', '.join(DECODERS)}")
-    stages = tuple(DECODERS[name] for name in names if name != "none")
-    if not stages:
+    named = [name for name in names if name != "none"]
+    if not named:
         return decode_none
-    if len(stages) == 1:
-        return stages[0]
+    if len(named) == 1 and named[0] not in _EXPANDERS:
+        return _one_to_one(named[0], limits)
+    if len(named) == 1 and limits == DEFAULT_LIMITS:
+        return DECODERS[named[0]]
+    stages = tuple(_EXPANDERS.get(name) or _ignoring_budget(_one_to_one(name, limits)) for name in named)
+    cap = limits.max_records_per_payload
 
     def chained(record: Record) -> list[Record]:
-        records = stages[0](record)
+        budget = _Budget(limits)
+        records = stages[0](record, budget)
         for stage in stages[1:]:
+            budget.records = cap
             if len(records) == 1 and records[0] is record:
-                records = stage(record)
+                records = stage(record, budget)
                 continue
             out: list[Record] = []
             for item in records:
                 try:
-                    out.extend(stage(item))
+                    out.extend(stage(item, budget))
                 except DecodeError as exc:
                     # Name the sub-record: the failure destination gets the whole parent.
                     raise DecodeError(f"sub-record {item.sub_sequence}: {exc}") from exc

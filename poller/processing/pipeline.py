@@ -34,7 +34,7 @@ class Preparer:
     def __init__(self, cfg: StreamConfig, sink: Sink, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.sink = sink
-        self.decoder: Decoder = build_decoder(cfg.decoders)
+        self.decoder: Decoder = build_decoder(cfg.decoders, cfg.limits)
         self.matcher: Matcher = compile_patterns(cfg.filters)
         self.filtering = bool(cfg.filters)
         self.max_age = cfg.retry.max_record_age_seconds

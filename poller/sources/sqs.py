@@ -41,6 +41,23 @@ class InFlight:
     receive_count: int
     extended_at: float  # monotonic time the visibility was last set
     lane: int
+    size: int = 0  # bytes held for it (`message_size`)
+
+
+# SQS's largest message (body and message attributes): what one message may be when
+# the queue does not say.
+_SQS_MAX_MESSAGE = 1024 * 1024
+
+
+def message_size(msg: dict[str, Any], body: bytes) -> int:
+    """A received message's size as SQS counts it against MaximumMessageSize: the
+    body's UTF-8 bytes plus each message attribute's name, type and value."""
+    size = len(body)
+    for name, attr in msg.get("MessageAttributes", {}).items():
+        value = attr.get("StringValue")
+        size += len(name) + len(attr.get("DataType", ""))
+        size += len(value.encode()) if isinstance(value, str) else len(attr.get("BinaryValue") or b"")
+    return size
 
 
 def _worth_retrying(failure: dict[str, Any] | None) -> bool:
@@ -99,6 +116,12 @@ class SqsConsumer(SourceConsumer):
         self.src: SqsSource = cfg.source
         self.inflight: dict[str, InFlight] = {}
         self._capacity = asyncio.Condition()
+        # Bytes held in `inflight`, and messages that receives under way may still
+        # bring (each counted at the queue's largest size): both bounds are kept with
+        # them, as if every receive came back full of the largest messages.
+        self._inflight_bytes = 0
+        self._reserved = 0
+        self._largest_message = _SQS_MAX_MESSAGE
         self.lanes = max(1, self.src.max_concurrency)
         self.queues: list[asyncio.Queue[Record]] = [asyncio.Queue() for _ in range(self.lanes)]
         self._rr = 0
@@ -109,6 +132,7 @@ class SqsConsumer(SourceConsumer):
         self.client: Any = None
         self._busy = 0
         self._inflight_gauge = metrics.SQS_INFLIGHT.labels(self.name)
+        self._inflight_bytes_gauge = metrics.SQS_INFLIGHT_BYTES.labels(self.name)
         self._received = metrics.RECORDS.labels(self.name, "received")
 
     # -- lifecycle -------------------------------------------------------------------
@@ -171,7 +195,7 @@ class SqsConsumer(SourceConsumer):
             try:
                 resp = await self.client.get_queue_attributes(
                     QueueUrl=self.src.queue_url,
-                    AttributeNames=["VisibilityTimeout", "QueueArn", "FifoQueue"],
+                    AttributeNames=["VisibilityTimeout", "QueueArn", "FifoQueue", "MaximumMessageSize"],
                 )
                 break
             except Exception as e:
@@ -185,16 +209,31 @@ class SqsConsumer(SourceConsumer):
         self.visibility = self.src.visibility_timeout_seconds or int(attrs.get("VisibilityTimeout", "30"))
         self.fifo = attrs.get("FifoQueue") == "true" or self.fifo
         self.queue_arn = attrs.get("QueueArn", "")
+        self._largest_message = int(attrs.get("MaximumMessageSize", _SQS_MAX_MESSAGE))
         log.info("queue ready", stream=self.name, visibility_timeout=self.visibility, fifo=self.fifo)
 
     # -- receiving ---------------------------------------------------------------------
+
+    def _room(self) -> int:
+        """Messages one receive may ask for now (at most 10), leaving both bounds
+        kept even if it and every receive under way come back full of messages of
+        the queue's largest size. With nothing held or coming, one message is
+        always taken, however large: a queue never stalls on a message over the
+        byte bound."""
+        messages = self.src.max_inflight_messages - len(self.inflight) - self._reserved
+        free_bytes = self.src.max_inflight_bytes - self._inflight_bytes
+        by_size = free_bytes // self._largest_message - self._reserved
+        if by_size <= 0 and not self.inflight and not self._reserved:
+            by_size = 1
+        return max(0, min(10, messages, by_size))
 
     async def _poll(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             async with self._capacity:
-                await self._capacity.wait_for(lambda: len(self.inflight) < self.src.max_inflight_messages)
-                room = min(10, self.src.max_inflight_messages - len(self.inflight))
+                await self._capacity.wait_for(lambda: self._room() > 0)
+                room = self._room()
+                self._reserved += room
             try:
                 resp = await self.client.receive_message(
                     QueueUrl=self.src.queue_url,
@@ -208,8 +247,10 @@ class SqsConsumer(SourceConsumer):
                     self.on_health(True)
                 failures = 0
             except asyncio.CancelledError:
+                self._reserved -= room
                 raise
             except Exception as e:
+                self._reserved -= room
                 failures += 1
                 if is_throttling(e):
                     metrics.THROTTLES.labels(self.name, "ReceiveMessage").inc()
@@ -218,6 +259,9 @@ class SqsConsumer(SourceConsumer):
                 log.warning("receive failed, retrying", stream=self.name, error=str(e), attempt=failures)
                 await asyncio.sleep(min(20.0, 0.2 * 2**failures))
                 continue
+            # From here to the notify nothing awaits: the reservation turns into
+            # what was received in one step.
+            self._reserved -= room
             now = time.monotonic()
             for msg in resp.get("Messages", []):
                 self._received.inc()
@@ -235,6 +279,7 @@ class SqsConsumer(SourceConsumer):
                 record = to_record(msg, self.name, self.queue_arn, self.region)
                 group = record.meta["group_id"]
                 lane = self._lane(group)
+                size = message_size(msg, record.raw_data)
                 self.inflight[msg["MessageId"]] = InFlight(
                     msg["MessageId"],
                     msg["ReceiptHandle"],
@@ -242,9 +287,14 @@ class SqsConsumer(SourceConsumer):
                     record.meta["receive_count"],
                     now,
                     lane,
+                    size,
                 )
+                self._inflight_bytes += size
                 self.queues[lane].put_nowait(record)
             self._inflight_gauge.set(len(self.inflight))
+            self._inflight_bytes_gauge.set(self._inflight_bytes)
+            async with self._capacity:
+                self._capacity.notify_all()  # what was reserved and not received is room again
 
     def _lane(self, group: str | None) -> int:
         # A FIFO group always goes to the same lane so its messages stay in order.
@@ -438,12 +488,17 @@ class SqsConsumer(SourceConsumer):
             except Exception as e:
                 log.warning("could not release messages on stop", stream=self.name, error=str(e))
         self.inflight.clear()
+        self._inflight_bytes = 0
         self._inflight_gauge.set(0)
+        self._inflight_bytes_gauge.set(0)
 
     async def _forget(self, message_ids: list[str]) -> None:
         for m in message_ids:
-            self.inflight.pop(m, None)
+            held = self.inflight.pop(m, None)
+            if held is not None:
+                self._inflight_bytes -= held.size
         self._inflight_gauge.set(len(self.inflight))
+        self._inflight_bytes_gauge.set(self._inflight_bytes)
         async with self._capacity:
             self._capacity.notify_all()
 

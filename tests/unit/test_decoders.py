@@ -8,9 +8,12 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from poller.processing.decoders import (
     DECODERS,
@@ -410,3 +413,111 @@ def test_build_decoder_edges() -> None:
     assert build_decoder(["text"]) is DECODERS["text"]
     with pytest.raises(ValueError, match="unknown decoder 'yaml'"):
         build_decoder(["json", "yaml"])
+
+
+# --------------------------------------------------------------------------- any input
+#
+# Whatever the bytes, a decoder returns records or raises DecodeError, and soon:
+# anything else would stop a lane, and an unbounded decode would stall the loop.
+
+FUZZ = settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,  # timing is asserted below with a bound that only catches "unbounded"
+    suppress_health_check=[HealthCheck.too_slow],
+)
+SECONDS_PER_RECORD = 2.0
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+log_event = (
+    st.fixed_dictionaries(
+        {"id": st.text(max_size=5), "timestamp": st.integers(), "message": st.text(max_size=30)}
+    )
+    | json_values
+)
+cloudwatch_docs = (
+    st.fixed_dictionaries(
+        {
+            "messageType": st.sampled_from(["DATA_MESSAGE", "CONTROL_MESSAGE", "OTHER"]),
+            "owner": st.text(max_size=5),
+            "logGroup": st.text(max_size=5),
+            "logStream": st.text(max_size=5),
+            "logEvents": st.lists(log_event, max_size=8),
+        },
+        optional={"extra": json_values},
+    )
+    | json_values
+)
+audit_lines = st.lists(
+    st.sampled_from(
+        ["'", "\\", ",", "0", "7", "-", " ", "a", "\n", "QUERY", "20171002 17:22:37", "1503595956000000"]
+    ),
+    max_size=40,
+).map("".join)
+
+
+def _kpl_mutations(data: st.DataObject) -> bytes:
+    """A real aggregate with its protobuf body changed, framed with a fresh MD5 so
+    the change reaches the protobuf parser."""
+    users = data.draw(st.lists(st.tuples(st.text(max_size=4), st.binary(max_size=8)), min_size=1, max_size=6))
+    [blob] = kpl_aggregate(users)
+    body = bytearray(blob[4:-16])
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(body) - 1))
+        body[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(body)))
+    return _frame(bytes(body[:cut] if data.draw(st.booleans()) else body))
+
+
+def payloads(data: st.DataObject) -> bytes:
+    kind = data.draw(st.sampled_from(["bytes", "json", "gzip", "kpl", "audit"]))
+    if kind == "bytes":
+        return data.draw(st.binary(max_size=200))
+    if kind == "json":
+        return json.dumps(data.draw(json_values)).encode()
+    if kind == "gzip":
+        return gzip.compress(json.dumps(data.draw(cloudwatch_docs)).encode())
+    if kind == "kpl":
+        return _kpl_mutations(data)
+    return data.draw(audit_lines).encode()
+
+
+@pytest.mark.parametrize(
+    "decoders",
+    [
+        ["json"],
+        ["text"],
+        ["kpl"],
+        ["cloudwatch_logs"],
+        ["mysql_audit"],
+        ["kpl", "json"],
+        ["kpl", "cloudwatch_logs"],
+        ["cloudwatch_logs", "mysql_audit"],
+        ["cloudwatch_logs", "json"],
+    ],
+    ids="+".join,
+)
+@FUZZ
+@given(data=st.data())
+def test_any_payload_decodes_or_is_a_decode_error(decoders: list[str], data: st.DataObject) -> None:
+    payload = payloads(data)
+    decode = build_decoder(decoders)
+    started = time.process_time()
+    try:
+        out = decode(rec(payload))
+    except DecodeError as exc:
+        assert str(exc)  # a reason the failure destination can show
+    else:
+        assert isinstance(out, list) and all(isinstance(r, Record) for r in out)
+    assert time.process_time() - started < SECONDS_PER_RECORD
+
+
+def test_unforeseen_exceptions_become_decode_errors() -> None:
+    # int() refuses more than 4300 digits with ValueError; the parser's own checks pass it.
+    line = "1503595956000000,h,u,l," + "9" * 5000 + ",1,QUERY,d,'x',0"
+    with pytest.raises(DecodeError, match=r"^MySQL audit line: cannot decode \(ValueError: Exceeds"):
+        decode_mysql_audit(rec(line))
