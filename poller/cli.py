@@ -1,4 +1,9 @@
-"""`poller run | check | schema | demo`."""
+"""`poller run | check | schema | demo`.
+
+Nothing the user gave is echoed unredacted (`poller.redaction`), and a stream
+file, however broken, ends `check` and `run` with exit 2 and one line per
+problem, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import json
 import os
 import sys
 
-from poller.config import ConfigError, json_schema, load_path
+from poller.config import ConfigError, StreamConfig, json_schema, load_path
+from poller.redaction import redact
 
 
 def _port(value: str) -> int:
@@ -58,16 +64,25 @@ def _json_logs(fmt: str) -> bool | None:
     return {"json": True, "console": False}.get(fmt)
 
 
+def _load(path: str) -> list[StreamConfig] | None:
+    """The streams of `path`, or None once every problem is printed to stderr."""
+    try:
+        return load_path(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+    except Exception as e:  # e.g. a folder that cannot be listed
+        print(redact(f"{path}: cannot be loaded: {type(e).__name__}: {e}"), file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
     if args.command == "check":
-        try:
-            streams = load_path(args.config)
-        except ConfigError as e:
-            print(str(e), file=sys.stderr)
+        streams = _load(args.config)
+        if streams is None:
             return 2
         for s in streams:
             print(f"ok: {s.name} ({s.source.type} → {s.sink.type})")
@@ -80,16 +95,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_demo(args.db, args.messages, args.http_port, args.exit_after))
     configure(args.log_level, _json_logs(args.log_format))
-    try:
-        streams = load_path(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    streams = _load(args.config)
+    if streams is None:
         return 2
     from poller.app import Supervisor
+    from poller.observability.logging import get_logger
     from poller.runtime import tune_gc
 
     tune_gc()
-    return asyncio.run(Supervisor(streams, args.http_port, args.http_host, args.shutdown_timeout).run())
+    try:
+        return asyncio.run(Supervisor(streams, args.http_port, args.http_host, args.shutdown_timeout).run())
+    except Exception:
+        # Logged, hence redacted: Python's own traceback printer would show the DSNs.
+        get_logger().critical("poller stopped on an unexpected error", exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Every model forbids unknown keys so a typo is an error, not a silently ignored
 setting. `load_path` turns every failure into a `ConfigError` whose lines name
-the file, the field path and what was expected.
+the file, the field path and what was expected: files are read with bounded
+work (`safe_yaml`), no float setting is infinite, and every line is redacted
+(`poller.redaction`), so `poller check` never prints a password, a traceback,
+or runs for long, whatever the file holds.
 """
 
 from __future__ import annotations
@@ -199,14 +202,14 @@ _FALLBACK_DESCRIPTION = (
 class TableDestination(Strict):
     type: Literal["table"]
     table: str = "poller_failures"
+    fallback_path: str = Field(
+        "poller-failures-fallback.jsonl", min_length=1, description=_FALLBACK_DESCRIPTION
+    )
 
     @field_validator("table")
     @classmethod
     def _table_name(cls, v: str) -> str:
         return _identifier(v, table=True)
-    fallback_path: str = Field(
-        "poller-failures-fallback.jsonl", min_length=1, description=_FALLBACK_DESCRIPTION
-    )
 
 
 class SqsDestination(AwsEndpoint):
@@ -369,11 +372,6 @@ class HandlerSink(Strict):
     checkpoint_dsn: str = Field(
         "poller-checkpoints.sqlite", description="sqlite path, postgres:// or mysql:// DSN"
     )
-
-    @field_validator("checkpoint_dsn")
-    @classmethod
-    def _checkpoint_store(cls, v: str) -> str:
-        return _checkpoint_dsn(v)
     code_path: str | None = Field(
         None,
         description="Folder put first on the import path (Lambda's /var/task); default: the working folder.",
@@ -389,16 +387,16 @@ class HandlerSink(Strict):
         "time per sandbox, and handlers may keep per-invocation state in module globals.",
     )
 
+    @field_validator("checkpoint_dsn")
+    @classmethod
+    def _checkpoint_store(cls, v: str) -> str:
+        return _checkpoint_dsn(v)
+
 
 class LambdaSink(AwsEndpoint):
     type: Literal["lambda"]
     function: str = Field(..., min_length=1, description="Function name, name:alias, or ARN.")
     checkpoint_dsn: str = "poller-checkpoints.sqlite"
-
-    @field_validator("checkpoint_dsn")
-    @classmethod
-    def _checkpoint_store(cls, v: str) -> str:
-        return _checkpoint_dsn(v)
     qualifier: str | None = Field(None, description="Version or alias to invoke.")
     timeout_seconds: float = Field(
         900, gt=0, le=900, description="How long to wait for one Invoke (the function's own timeout or more)."
@@ -406,6 +404,11 @@ class LambdaSink(AwsEndpoint):
     report_batch_item_failures: bool = Field(
         True, description="Honour a returned `batchItemFailures` (Lambda: FunctionResponseTypes)."
     )
+
+    @field_validator("checkpoint_dsn")
+    @classmethod
+    def _checkpoint_store(cls, v: str) -> str:
+        return _checkpoint_dsn(v)
 
 
 SinkConfig = Annotated[

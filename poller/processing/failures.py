@@ -21,8 +21,9 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from poller.config import RetryConfig
 from poller.destinations import Destination
@@ -93,6 +94,14 @@ class Backoff:
         return self.rng.uniform(0, min(self.cap, self.initial * (2 ** max(0, attempt - 1))))
 
 
+class Checkpointer(Protocol):
+    """Puts a stream's checkpoint rows into a transaction: `checkpoint(tx)` is
+    entered just before the sink commits `tx` and left, without an error, only
+    once it committed (a shard's commits take turns under it)."""
+
+    def checkpoint(self, tx: Transaction) -> AbstractAsyncContextManager[None]: ...
+
+
 class FailurePolicy:
     """Commits units through a sink, applying the retry rules.
 
@@ -116,6 +125,7 @@ class FailurePolicy:
         on_health: Callable[[bool], None] = lambda ok: None,
         shard: str = "",
         ordered: bool = True,
+        checkpointer: Checkpointer | None = None,
     ):
         self.stream = stream
         self.retry = retry
@@ -127,6 +137,7 @@ class FailurePolicy:
         self.on_health = on_health
         self.shard = shard
         self.ordered = ordered
+        self.checkpointer = checkpointer
         self.backoff = Backoff(retry.backoff_initial_seconds, retry.backoff_max_seconds)
         self.transient_failures = 0
 
@@ -209,7 +220,11 @@ class FailurePolicy:
         bisection then finds the record that causes it, and a deterministic
         error can never hold the stream back as a "transient" one would."""
         try:
-            return await self.sink.commit(self._transaction(active))
+            tx = self._transaction(active)
+            if self.checkpointer is None:
+                return await self.sink.commit(tx)
+            async with self.checkpointer.checkpoint(tx):
+                return await self.sink.commit(tx)
         except (TransientError, RecordError):
             raise
         except Exception as e:

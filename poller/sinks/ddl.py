@@ -1,4 +1,13 @@
-"""The tables a sink creates for itself, written once for the three dialects."""
+"""The tables a sink creates for itself, written once for the three dialects,
+and how identifiers are quoted.
+
+Identifier rule (README, "A stream file"): a table is `name` or `schema.name`
+(SQLite: `main.name`), so its one `.` separates the schema; a column is one
+identifier whatever it holds (`a.b` is the column named `a.b`). Any other
+character, `%` and quotes included, is quoted and kept. A MySQL statement run
+with arguments goes through PyMySQL's `%` formatting, so `%` in the
+identifiers of such a statement is written `%%` (`percent_escaped`).
+"""
 
 from __future__ import annotations
 
@@ -85,5 +94,35 @@ def append_table(t: Types, table: str, suffix: str = "") -> str:
 
 
 def quote_ident(name: str, quote: str = '"') -> str:
-    """Quote a possibly schema-qualified identifier: `a.b` → `"a"."b"`."""
-    return ".".join(quote + part.replace(quote, quote * 2) + quote for part in name.split("."))
+    """Quote a possibly schema-qualified table name: `a.b` → `"a"."b"`."""
+    return ".".join(quote_column(part, quote) for part in name.split("."))
+
+
+def quote_column(name: str, quote: str = '"') -> str:
+    """Quote one identifier whole: the column `a.b` → `"a.b"`."""
+    return quote + name.replace(quote, quote * 2) + quote
+
+
+def percent_escaped(sql: str) -> str:
+    """A piece of a MySQL statement that PyMySQL will `%`-format with arguments."""
+    return sql.replace("%", "%%")
+
+
+def identifier_problem(
+    name: str, *, table: bool, max_bytes: int | None = None, max_chars: int | None = None
+) -> str | None:
+    """Why `name` cannot be used as a table (`table=True`) or column name, or None."""
+    if not name:
+        return "an empty name"
+    if "\x00" in name:
+        return "a name cannot hold a NUL character"
+    parts = name.split(".") if table else [name]
+    if len(parts) > 2:
+        return "a table is `name` or `schema.name`: at most one `.`"
+    if not all(parts):
+        return "an empty name before or after the `.`"
+    if max_bytes is not None and any(len(p.encode()) > max_bytes for p in parts):
+        return f"longer than {max_bytes} bytes, the database's limit for a name"
+    if max_chars is not None and any(len(p) > max_chars for p in parts):
+        return f"longer than {max_chars} characters, the database's limit for a name"
+    return None

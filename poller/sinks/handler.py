@@ -29,9 +29,10 @@ from poller.config import HandlerSink as HandlerCfg
 from poller.context import LambdaContext, function_arn, log_stream_name
 from poller.events import lambda_event
 from poller.observability.logging import get_logger
-from poller.processing.mapping import Mapper, RowOp
+from poller.processing.mapping import RowOp
 from poller.records import Checkpoint, PartialFailure, Record, RecordError, TransientError
-from poller.sinks.base import CommitResult, Sink, SqlSink, Transaction
+from poller.sinks.base import CommitResult, Sink, Transaction
+from poller.sinks.factory import checkpoint_store
 
 log = get_logger()
 
@@ -48,23 +49,6 @@ class HandlerTimeout(RecordError):
 
 class HandlerLoadError(RuntimeError):
     """The handler cannot be imported; the stream restarts and tries again."""
-
-
-def checkpoint_store(dsn: str) -> SqlSink:
-    """A SQL sink with no target table: only checkpoints, processed ids (and no
-    failures table: `table` destinations are refused for these sinks)."""
-    mapper = Mapper(None, [])
-    if dsn.startswith(("postgres://", "postgresql://")):
-        from poller.sinks.postgres import PostgresSink
-
-        return PostgresSink(dsn, mapper, "", pool_size=1, failures_table=None)
-    if dsn.startswith(("mysql://", "mariadb://")):
-        from poller.sinks.mysql import MysqlSink
-
-        return MysqlSink(dsn, mapper, "", pool_size=1, failures_table=None)
-    from poller.sinks.sqlite import SqliteSink
-
-    return SqliteSink(dsn, mapper, "", failures_table=None)
 
 
 def item_identifier(record: Record) -> str:

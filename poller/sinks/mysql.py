@@ -10,16 +10,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, urlsplit
 
 import aiomysql
 import pymysql
 
+from poller import dsn as dsn_rules
 from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.sinks import ddl, errors
 from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
-from poller.sinks.coercion import converter
+from poller.sinks.coercion import Converter, column_converter
+from poller.sinks.column_types import mariadb_json_columns, mysql_column
 
 _KINDS = {
     "tinyint": "int",
@@ -40,6 +42,7 @@ _KINDS = {
     "datetime": "timestamp",
     "timestamp": "timestamp",
     "date": "date",
+    "tinyblob": "bytes",
     "blob": "bytes",
     "longblob": "bytes",
     "mediumblob": "bytes",
@@ -144,18 +147,30 @@ def q(name: str) -> str:
     return ddl.quote_ident(name, "`")
 
 
+def qc(name: str) -> str:
+    return ddl.quote_column(name, "`")
+
+
+def qa(name: str, column: bool = False) -> str:
+    """Quoted for a statement run with arguments, which PyMySQL `%`-formats."""
+    return ddl.percent_escaped(qc(name) if column else q(name))
+
+
 def parse_dsn(dsn: str) -> dict[str, Any]:
-    """mysql://user:pass@host:port/db?charset=utf8mb4 → aiomysql connect kwargs."""
-    u = urlparse(dsn)
-    if u.scheme not in ("mysql", "mariadb", "mysql+aiomysql"):
-        raise ValueError(f"not a mysql:// DSN: scheme {u.scheme!r}")
-    opts = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    """mysql://user:pass@host:port/db?charset=utf8mb4 → aiomysql connect kwargs.
+
+    Split by `poller.dsn`'s rule (the password runs to the last `@`, unescaped);
+    a ValueError never quotes the DSN."""
+    parsed = dsn_rules.check(dsn, (*dsn_rules.MYSQL_SCHEMES, "mysql+aiomysql"))
+    host, port = parsed.host_port(3306)
+    rest = urlsplit(parsed.rest)
+    opts = {k: v[-1] for k, v in parse_qs(rest.query).items()}
     return {
-        "host": u.hostname or "127.0.0.1",
-        "port": u.port or 3306,
-        "user": unquote(u.username or "root"),
-        "password": unquote(u.password or ""),
-        "db": (u.path or "/").lstrip("/") or None,
+        "host": host or "127.0.0.1",
+        "port": port,
+        "user": parsed.user or "root",
+        "password": parsed.password or "",
+        "db": rest.path.lstrip("/") or None,
         "charset": opts.get("charset", "utf8mb4"),
     }
 
@@ -213,11 +228,12 @@ class MysqlSink(SqlSink):
     async def _describe(self, cur: Any) -> None:
         schema, _, name = self.table.rpartition(".")
         await cur.execute(
-            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS "
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, "
+            "NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION FROM information_schema.COLUMNS "
             "WHERE TABLE_SCHEMA = COALESCE(NULLIF(%s, ''), DATABASE()) AND TABLE_NAME = %s",
             (schema, name),
         )
-        types = {r[0]: r[1].lower() for r in await cur.fetchall()}
+        types = {r[0]: r for r in await cur.fetchall()}
         if not types:
             raise TransientError(
                 f"table {self.table} does not exist (create it, or drop `columns` for append mode)"
@@ -225,19 +241,57 @@ class MysqlSink(SqlSink):
         missing = [c for c in self.columns if c not in types]
         if missing:
             raise TransientError(f"table {self.table} has no column(s) {missing}")
-        self.converters = [converter(_KINDS.get(types[c], "other")) for c in self.columns]
-        cols = ", ".join(q(c) for c in self.columns)
+        self.converters = await self._converters(cur, schema, name, types)
+        cols = ", ".join(qa(c, column=True) for c in self.columns)
         ph = ", ".join(["%s"] * len(self.columns))
-        updates = [f"{q(c)} = VALUES({q(c)})" for c in self.columns if c not in self.mapper.key]
+        # executemany folds this INSERT into one statement: it %-formats the part up to
+        # VALUES but sends the ON DUPLICATE KEY part as written, so only the first is escaped.
+        updates = [f"{qc(c)} = VALUES({qc(c)})" for c in self.columns if c not in self.mapper.key]
         if self.mapper.append or not updates:
             # A no-op update rather than INSERT IGNORE, which would also swallow data errors.
-            k = q(self.mapper.key[0])
+            k = qc(self.mapper.key[0])
             updates = [f"{k} = {k}"]
         self._upsert_sql = (
-            f"INSERT INTO {q(self.table)} ({cols}) VALUES ({ph}) ON DUPLICATE KEY UPDATE {', '.join(updates)}"
+            f"INSERT INTO {qa(self.table)} ({cols}) VALUES ({ph}) "
+            f"ON DUPLICATE KEY UPDATE {', '.join(updates)}"
         )
-        where = " AND ".join(f"{q(k)} = %s" for k in self.mapper.key)
-        self._delete_sql = f"DELETE FROM {q(self.table)} WHERE {where}"
+        where = " AND ".join(f"{qa(k, column=True)} = %s" for k in self.mapper.key)
+        self._delete_sql = f"DELETE FROM {qa(self.table)} WHERE {where}"
+
+    async def _converters(self, cur: Any, schema: str, name: str, types: dict[str, Any]) -> list[Converter]:
+        """One converter per column, with the limits of its type in this server."""
+        await cur.execute("SELECT VERSION()")
+        mariadb = "mariadb" in str((await cur.fetchone())[0]).lower()
+        json_columns: set[str] = set()
+        if mariadb:  # MariaDB's JSON is LONGTEXT with a json_valid() check
+            try:
+                await cur.execute(
+                    "SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+                    "WHERE CONSTRAINT_SCHEMA = COALESCE(NULLIF(%s, ''), DATABASE()) AND TABLE_NAME = %s "
+                    "AND LEVEL = 'Column'",
+                    (schema, name),
+                )
+                json_columns = mariadb_json_columns([(r[0], r[1]) for r in await cur.fetchall()])
+            except pymysql.err.MySQLError:
+                pass  # before 10.2 there are no CHECK constraints, so no JSON columns either
+        out = []
+        for c in self.columns:
+            _, data_type, column_type, char_max, octet_max, precision, scale, fsp = types[c]
+            data_type = data_type.lower()
+            kind = "json_text" if c in json_columns else _KINDS.get(data_type, "other")
+            col = mysql_column(
+                kind,
+                data_type,
+                column_type,
+                char_max=char_max,
+                octet_max=octet_max,
+                precision=precision,
+                scale=scale,
+                fsp=fsp,
+                mariadb=mariadb,
+            )
+            out.append(column_converter(col))
+        return out
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -301,7 +355,7 @@ class MysqlSink(SqlSink):
             tuple(v.replace(tzinfo=None) if hasattr(v, "tzinfo") else v for v in self.failure_row(f))
             for f in failures
         ]
-        await conn.executemany(f"INSERT INTO {q(self.failures_table)} ({cols}) VALUES ({ph})", rows)
+        await conn.executemany(f"INSERT INTO {qa(self.failures_table)} ({cols}) VALUES ({ph})", rows)
 
     async def save_checkpoints(self, conn: Any, checkpoints: list[Checkpoint]) -> None:
         await conn.executemany(

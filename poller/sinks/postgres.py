@@ -17,11 +17,13 @@ from typing import Any
 
 import asyncpg
 
+from poller import dsn as dsn_rules
 from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.sinks import ddl, errors
 from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
-from poller.sinks.coercion import converter
+from poller.sinks.coercion import column_converter
+from poller.sinks.column_types import postgres_column
 
 _KINDS = {
     "int2": "int",
@@ -76,12 +78,20 @@ def q(name: str) -> str:
     return ddl.quote_ident(name)
 
 
+def qc(name: str) -> str:
+    return ddl.quote_column(name)
+
+
 class PostgresSink(SqlSink):
     kind = "postgres"
 
     def __init__(self, dsn: str, mapper: Mapper, table: str, pool_size: int = 2, **kw: Any):
         super().__init__(mapper, table, **kw)
-        self.dsn = dsn
+        # asyncpg parses a DSN with urllib, which splits a password at `#`, `/` or `?` and
+        # echoes the pieces in its errors: it gets the DSN without one, and the password apart.
+        parsed = dsn_rules.parse(dsn)
+        self.dsn = parsed.without_password()
+        self._password = parsed.password
         self.pool_size = pool_size
         self.pool: asyncpg.Pool | None = None
         self._stage = f"poller_stage_{zlib.crc32(repr((table, self.columns)).encode()):08x}"
@@ -93,7 +103,7 @@ class PostgresSink(SqlSink):
 
     async def open(self) -> None:
         try:
-            conn = await asyncpg.connect(self.dsn, timeout=10)
+            conn = await asyncpg.connect(self.dsn, password=self._password, timeout=10)
         except Exception as e:
             raise classify(e) from e
         try:
@@ -124,14 +134,19 @@ class PostgresSink(SqlSink):
             await conn.close()
         try:
             self.pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, init=self._init_conn, timeout=10
+                self.dsn,
+                password=self._password,
+                min_size=1,
+                max_size=self.pool_size,
+                init=self._init_conn,
+                timeout=10,
             )
         except Exception as e:
             raise classify(e) from e
 
     async def _describe(self, conn: asyncpg.Connection) -> None:
         rows = await conn.fetch(
-            """SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod) AS full_type
+            """SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod) AS full_type, a.atttypmod
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
             q(self.table),
@@ -140,34 +155,34 @@ class PostgresSink(SqlSink):
             raise TransientError(
                 f"table {self.table} does not exist (create it, or drop `columns` for append mode)"
             )
-        types = {r["attname"]: (r["typname"], r["full_type"]) for r in rows}
+        types = {r["attname"]: (r["typname"], r["full_type"], r["atttypmod"]) for r in rows}
         missing = [c for c in self.columns if c not in types]
         if missing:
             raise TransientError(f"table {self.table} has no column(s) {missing}")
         stage_cols, select_cols, self.converters = [], [], []
         for c in self.columns:
-            typname, full = types[c]
+            typname, full, typmod = types[c]
             kind = _KINDS.get(typname)
             if kind is None:
-                stage_cols.append(f"{q(c)} text")
-                select_cols.append(f"CAST({q(c)} AS {full})")
-                self.converters.append(converter("json_text" if typname in ("json", "jsonb") else "text"))
+                stage_cols.append(f"{qc(c)} text")
+                select_cols.append(f"CAST({qc(c)} AS {full})")
+                kind = "json_text" if typname in ("json", "jsonb") else "text"
             else:
-                stage_cols.append(f"{q(c)} {full}")
-                select_cols.append(q(c))
-                self.converters.append(converter(kind))
+                stage_cols.append(f"{qc(c)} {full}")
+                select_cols.append(qc(c))
+            self.converters.append(column_converter(postgres_column(kind, typname, typmod)))
         self._stage_ddl = (
             f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} ({', '.join(stage_cols)}) ON COMMIT DELETE ROWS"
         )
-        cols = ", ".join(q(c) for c in self.columns)
-        keys = ", ".join(q(k) for k in self.mapper.key)
-        updates = [f"{q(c)} = EXCLUDED.{q(c)}" for c in self.columns if c not in self.mapper.key]
+        cols = ", ".join(qc(c) for c in self.columns)
+        keys = ", ".join(qc(k) for k in self.mapper.key)
+        updates = [f"{qc(c)} = EXCLUDED.{qc(c)}" for c in self.columns if c not in self.mapper.key]
         action = "DO NOTHING" if self.mapper.append or not updates else "DO UPDATE SET " + ", ".join(updates)
         self._upsert_sql = (
             f"INSERT INTO {q(self.table)} ({cols}) SELECT {', '.join(select_cols)} FROM {self._stage} "
             f"ON CONFLICT ({keys}) {action}"
         )
-        where = " AND ".join(f"{q(k)} = ${i + 1}" for i, k in enumerate(self.mapper.key))
+        where = " AND ".join(f"{qc(k)} = ${i + 1}" for i, k in enumerate(self.mapper.key))
         self._delete_sql = f"DELETE FROM {q(self.table)} WHERE {where}"
         self._key_types = [types[k][1] for k in self.mapper.key]
 

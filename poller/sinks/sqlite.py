@@ -17,7 +17,8 @@ from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.sinks import ddl, errors
 from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
-from poller.sinks.coercion import converter
+from poller.sinks.coercion import column_converter
+from poller.sinks.column_types import sqlite_column
 
 
 def sqlite_path(dsn: str) -> str:
@@ -72,6 +73,17 @@ def q(name: str) -> str:
     return ddl.quote_ident(name)
 
 
+def qc(name: str) -> str:
+    return ddl.quote_column(name)
+
+
+def table_info(table: str) -> str:
+    """`PRAGMA table_info` of a table that may be schema-qualified (`main.t`): the
+    schema goes before the pragma's name, not into its argument."""
+    schema, _, name = table.rpartition(".")
+    return f"PRAGMA {qc(schema) + '.' if schema else ''}table_info({qc(name)})"
+
+
 def _plain(v: Any) -> Any:
     return v.isoformat() if isinstance(v, datetime) else v
 
@@ -104,7 +116,7 @@ class SqliteSink(SqlSink):
                 return  # bookkeeping only
             if self.mapper.append:
                 await self.db.execute(ddl.append_table(ddl.SQLITE, q(self.table)))
-            async with self.db.execute(f"PRAGMA table_info({q(self.table)})") as cur:
+            async with self.db.execute(table_info(self.table)) as cur:
                 types = {r[1]: r[2] for r in await cur.fetchall()}
         except Exception as e:
             raise classify(e) from e
@@ -115,14 +127,14 @@ class SqliteSink(SqlSink):
         missing = [c for c in self.columns if c not in types]
         if missing:
             raise TransientError(f"table {self.table} has no column(s) {missing}")
-        self.converters = [converter(_kind(types[c])) for c in self.columns]
-        cols = ", ".join(q(c) for c in self.columns)
+        self.converters = [column_converter(sqlite_column(_kind(types[c]))) for c in self.columns]
+        cols = ", ".join(qc(c) for c in self.columns)
         ph = ", ".join(["?"] * len(self.columns))
-        keys = ", ".join(q(k) for k in self.mapper.key)
-        updates = [f"{q(c)} = excluded.{q(c)}" for c in self.columns if c not in self.mapper.key]
+        keys = ", ".join(qc(k) for k in self.mapper.key)
+        updates = [f"{qc(c)} = excluded.{qc(c)}" for c in self.columns if c not in self.mapper.key]
         action = "DO NOTHING" if self.mapper.append or not updates else "DO UPDATE SET " + ", ".join(updates)
         self._upsert_sql = f"INSERT INTO {q(self.table)} ({cols}) VALUES ({ph}) ON CONFLICT ({keys}) {action}"
-        where = " AND ".join(f"{q(k)} = ?" for k in self.mapper.key)
+        where = " AND ".join(f"{qc(k)} = ?" for k in self.mapper.key)
         self._delete_sql = f"DELETE FROM {q(self.table)} WHERE {where}"
 
     async def close(self) -> None:

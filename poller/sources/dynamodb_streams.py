@@ -11,8 +11,9 @@ What differs from Kinesis stays here, behind the same four calls:
   with a `ViewTypeMismatch` naming the field (see `dynamodb_views`).
 - TrimmedDataAccessException (the checkpoint or the iterator is older than
   the 24-hour retention) is logged and counted, then reading goes on from
-  TRIM_HORIZON — or, with `on_trimmed: stop`, the stream stops once what it
-  has read is committed.
+  TRIM_HORIZON — or, with `on_trimmed: stop`, the adapter stops the shard
+  (`ShardStopped(TRIMMED)`) and the fleet stops the stream once what its
+  lanes are committing is committed.
 - ResourceNotFoundException for a closed shard means it has been trimmed
   away entirely: the shard has ended.
 - At most two readers per shard are allowed; the machinery runs one.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code, region_of
 from poller.config import ConfigError, DynamoDBSource
@@ -46,6 +47,8 @@ from poller.sources.shards import (
     ShardFleet,
     ShardInfo,
     ShardOptions,
+    ShardStopped,
+    StopReason,
     Throttled,
     retrying,
 )
@@ -94,15 +97,12 @@ class DynamoDBShardApi:
         region: str,
         *,
         on_trimmed: str = "continue",
-        halt: asyncio.Event | None = None,
     ):
         self.client = client
         self.arn = stream_arn
         self.label = stream_label  # the configured stream name
         self.region = region
         self.on_trimmed = on_trimmed
-        self.halt = halt or asyncio.Event()
-        self.trim_stopped = False
         self.view_type: str | None = None
         self.key_attributes: list[str] | None = None
         self.table: str | None = None
@@ -287,7 +287,7 @@ class DynamoDBShardApi:
         return _ENDED + shard_id
 
     async def _trimmed(self, shard_id: str, what: str, error: Exception) -> None:
-        """Count and log lost data; go on from TRIM_HORIZON, or halt the stream."""
+        """Count and log lost data; go on from TRIM_HORIZON, or stop the shard (and so the stream)."""
         metrics.TRIMMED.labels(self.label, shard_id).inc()
         if self.on_trimmed == "stop":
             log.error(
@@ -298,9 +298,7 @@ class DynamoDBShardApi:
                 position=what,
                 error=str(error),
             )
-            self.trim_stopped = True
-            self.halt.set()
-            await _forever()  # the machinery cancels this read once it sees the halt
+            raise ShardStopped(StopReason.TRIMMED, f"{shard_id}: {error}")
         log.error(
             "records were trimmed before they were read (older than the stream's 24-hour "
             "retention); continuing from TRIM_HORIZON, the trimmed records are lost",
@@ -309,11 +307,6 @@ class DynamoDBShardApi:
             position=what,
             error=str(error),
         )
-
-
-async def _forever() -> NoReturn:
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
 
 
 class DynamoDBStreamsConsumer(SourceConsumer):
@@ -338,42 +331,34 @@ class DynamoDBStreamsConsumer(SourceConsumer):
         arn = self.src.stream_arn or await self._latest_stream_arn(stop, region)
         if arn is None:
             return
-        # The fleet stops on `halt`: set on shutdown, or by the adapter when a
-        # trim is configured to stop the stream.
-        halt = asyncio.Event()
-        relay = asyncio.create_task(_relay(stop, halt))
-        try:
-            async with aws_client("dynamodbstreams", region, endpoint, max_attempts=0) as client:
-                fast_parse.install(client, ["GetRecords"])  # as for Kinesis: the parser is most of the CPU
-                api = DynamoDBShardApi(client, arn, name, region, on_trimmed=self.src.on_trimmed, halt=halt)
-                status = await retrying(stop, name, "DescribeStream", api.describe)
-                if status is None:
-                    return
-                assert api.view_type is not None
-                check_view_type(self.cfg, arn, api.view_type, api.key_attributes)
-                log.info(
-                    "stream found",
-                    stream=name,
-                    table=api.table,
-                    stream_arn=arn,
-                    view_type=api.view_type,
-                    status=status,
-                )
-                fleet = ShardFleet(
-                    api,
-                    ShardOptions.from_config(self.cfg, min_read_interval=MIN_READ_INTERVAL),
-                    self.cfg,
-                    self.sink,
-                    self.destination,
-                    self.preparer,
-                    self.on_source_ready,
-                    self.on_health,
-                )
-                await fleet.run(halt)
-                if api.trim_stopped and not stop.is_set():
-                    log.error("stream stopped after trimmed records (on_trimmed: stop)", stream=name)
-        finally:
-            relay.cancel()
+        async with aws_client("dynamodbstreams", region, endpoint, max_attempts=0) as client:
+            fast_parse.install(client, ["GetRecords"])  # as for Kinesis: the parser is most of the CPU
+            api = DynamoDBShardApi(client, arn, name, region, on_trimmed=self.src.on_trimmed)
+            status = await retrying(stop, name, "DescribeStream", api.describe)
+            if status is None:
+                return
+            assert api.view_type is not None
+            check_view_type(self.cfg, arn, api.view_type, api.key_attributes)
+            log.info(
+                "stream found",
+                stream=name,
+                table=api.table,
+                stream_arn=arn,
+                view_type=api.view_type,
+                status=status,
+            )
+            fleet = ShardFleet(
+                api,
+                ShardOptions.from_config(self.cfg, min_read_interval=MIN_READ_INTERVAL),
+                self.cfg,
+                self.sink,
+                self.destination,
+                self.preparer,
+                self.on_source_ready,
+                self.on_health,
+            )
+            if await fleet.run(stop) is StopReason.TRIMMED:
+                log.error("stream stopped after trimmed records (on_trimmed: stop)", stream=name)
 
     async def _latest_stream_arn(self, stop: asyncio.Event, region: str) -> str | None:
         """The table's current stream; waits (with backoff) while the table or its stream is missing."""
@@ -400,8 +385,3 @@ class DynamoDBStreamsConsumer(SourceConsumer):
                 return str(arn)
 
             return await retrying(stop, self.cfg.name, "DescribeTable", describe, table=table)
-
-
-async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
-    await source.wait()
-    target.set()

@@ -455,6 +455,12 @@ def test_lineage_parents_before_children(fake: FakeDynamoDBStreams, pg_dsn: str)
                 m.remove(b1, i)
         until_equal(kind, pg_dsn, name, m.expected(), 60)
         assert metric(d, "poller_records_total", stream=name, outcome="failed") == 0
+        # Shards that ended leave no series behind (a worker ends just after its children start).
+        wait_for(
+            lambda: not [s for s in d.metrics() if any(f'shard="{e}"' in s for e in (root, a, b))],
+            10,
+            message="series of ended shards removed",
+        )
         assert d.stop() == 0
     assert_each_change_written_once_in_order(kind, pg_dsn, name)
     assert set(fake.max_concurrent_reads) == {root, a, b, b1, b2, a1}

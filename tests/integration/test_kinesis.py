@@ -642,6 +642,9 @@ def test_split_and_merge_while_producing_lose_nothing_and_keep_key_order(
         assert {v[2] for v in checkpoints(PG, pg_dsn, table).values()} == {"RUNNING"}
         assert metric(d, "poller_shards", stream=table, state="ended") == 3
         assert metric(d, "poller_shards", stream=table, state="reading") == 3
+        # The ended parents' per-shard series are gone; the children's remain.
+        assert not [s for s in d.metrics() if any(f'shard="{p}"' in s for p in parent_ids)]
+        assert all(metric(d, "poller_get_records_calls_total", stream=table, shard=c) for c in children)
         assert d.stop() == 0
     finally:
         producing.clear()

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poller.cli import main
 from poller.config import load_path
@@ -144,3 +151,194 @@ def test_schema_command_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     schema = json.loads(capsys.readouterr().out)
     assert schema["title"] == "StreamConfig"
     assert "source" in schema["properties"]
+
+
+# --------------------------------------------------------------- files that are not stream files
+
+BOMB = "\n".join(
+    ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+)
+
+
+def check_output(tmp_path: Path, content: str | bytes, name: str = "orders.yaml") -> tuple[int, str]:
+    """`poller check` on one file: its exit code and everything it printed."""
+    f = tmp_path / name
+    f.write_bytes(content.encode() if isinstance(content, str) else content)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        code = main(["check", "--config", str(f)])
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "expected"),
+    [
+        ("invalid UTF-8", VALID.encode() + b"# caf\xe9\n", "line 6: not UTF-8 text (byte 0xe9)"),
+        ("alias bomb", BOMB, "more than 100000 values once aliases are expanded"),
+        ("recursive alias", "name: &n [*n]\n", "an alias refers to a node that contains it"),
+        ("nesting", "name: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels deep"),
+        ("huge integer", VALID + "batch: {size: " + "9" * 5000 + "}\n", "an integer of more than 100 digits"),
+        (
+            "float above 1e308",
+            VALID + "batch: {window_seconds: 1.0e+400}\n",
+            "batch.window_seconds: Input should be",
+        ),
+        (
+            "infinite float",
+            VALID + "retry: {backoff_max_seconds: .inf}\n",
+            "retry.backoff_max_seconds: Input should be",
+        ),
+        (
+            "numeric filter bound above 1e308",
+            VALID + "filters: [{body: {n: [{numeric: ['>', 1.0e+309]}]}}]\n",
+            "filters: filter pattern 0",
+        ),
+        ("larger than 1 MiB", VALID + "#" * (1 << 20) + "\n", "larger than 1024 KiB"),
+        ("NUL character", VALID + "# \x00\n", "invalid YAML"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "",
+)
+def test_a_file_that_cannot_be_a_stream_file_is_one_line_and_exit_2(
+    tmp_path: Path, case: str, content: str | bytes, expected: str
+) -> None:
+    started = time.monotonic()
+    code, out = check_output(tmp_path, content)
+    assert time.monotonic() - started < 2, case  # a bomb is refused, not expanded
+    assert code == 2, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'orders.yaml'}: "), out
+    assert expected in out, out
+    assert "Traceback" not in out
+
+
+# --------------------------------------------------------------- DSNs and identifiers
+
+
+def with_sink(**sink: object) -> str:
+    base: dict[str, object] = {"type": "postgres", "dsn": "postgresql://u@h/db", "table": "orders"}
+    return "name: orders\nsource: {type: sqs, queue_url: 'https://sqs.us-east-1.amazonaws.com/1/q'}\n" + (
+        f"sink: {json.dumps({**base, **sink})}\n"
+    )
+
+
+def handler_with(checkpoint_dsn: str) -> str:
+    return (
+        "name: orders\nsource: {type: sqs, queue_url: 'https://sqs.us-east-1.amazonaws.com/1/q'}\n"
+        f"sink: {json.dumps({'type': 'handler', 'handler': 'm:f', 'checkpoint_dsn': checkpoint_dsn})}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "checkpoint_dsn",
+    ["postgresql+asyncpg://u@h/db", "mysql+aiomysql://u@h/db", "redis://h:6379/0", "", "http://h/x"],
+)
+def test_an_unknown_checkpoint_store_is_refused_by_name(tmp_path: Path, checkpoint_dsn: str) -> None:
+    code, out = check_output(tmp_path, handler_with(checkpoint_dsn))
+    assert code == 2
+    assert "sink.checkpoint_dsn: " in out and "is not a checkpoint store" in out, out
+    assert not list(tmp_path.glob("*:*")), "no SQLite file is named after the DSN"
+
+
+@pytest.mark.parametrize(
+    "checkpoint_dsn",
+    [
+        "checkpoints.sqlite",
+        "/var/lib/poller/checkpoints.sqlite",
+        "sqlite:///checkpoints.sqlite",
+        "file:checkpoints.sqlite",
+        ":memory:",
+        "postgres://u@h/db",
+        "postgresql://u:p@ss#1@h:5432/db",
+        "mysql://root@h:3306/db",
+        "mariadb://root@h/db",
+    ],
+)
+def test_the_checkpoint_stores_poller_has_are_accepted(tmp_path: Path, checkpoint_dsn: str) -> None:
+    code, out = check_output(tmp_path, handler_with(checkpoint_dsn))
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("sink", "expected"),
+    [
+        ({"dsn": "mysql://u@h/db"}, "sink.dsn: scheme 'mysql' is not one of postgres://, postgresql://"),
+        ({"dsn": "postgresql+asyncpg://u@h/db"}, "sink.dsn: scheme 'postgresql+asyncpg' is not one of"),
+        ({"dsn": "host=db user=app"}, "sink.dsn: expected a URL: scheme://user@host:port/database"),
+        ({"type": "mysql", "dsn": "mysql://u:pw@h:port/db"}, "sink.dsn: the port after the host must be"),
+        ({"type": "sqlite", "dsn": "postgres://u@h/db"}, "sink.dsn: not a SQLite database"),
+        ({"table": "a.b.c"}, "sink.table: table 'a.b.c': a table is `name` or `schema.name`"),
+        ({"table": "public."}, "sink.table: table 'public.': an empty name before or after the `.`"),
+        ({"table": "x" * 64}, "sink.table: table 'xxxx"),
+        (
+            {"key": ["id"], "columns": {"id": "data.id", "a\u0000b": "data.x"}},
+            "sink.columns: column 'a\\x00b'",
+        ),
+        (
+            {"type": "mysql", "dsn": "mysql://u@h/db", "key": ["k" * 65], "columns": {"k" * 65: "data.k"}},
+            "sink.key",
+        ),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+def test_dsns_and_names_the_sink_cannot_use_are_refused_by_field(
+    tmp_path: Path, sink: dict[str, object], expected: str
+) -> None:
+    code, out = check_output(tmp_path, with_sink(**sink))
+    assert code == 2
+    assert expected in out, out
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql", "sqlite"])
+def test_dots_and_percent_signs_in_names_are_accepted(tmp_path: Path, kind: str) -> None:
+    dsn = {"postgres": "postgresql://u@h/db", "mysql": "mysql://u@h/db", "sqlite": "sqlite:///x.db"}[kind]
+    table = "main.orders%s" if kind == "sqlite" else "orders%s"
+    code, out = check_output(
+        tmp_path,
+        with_sink(type=kind, dsn=dsn, table=table, key=["id"], columns={"id": "data.id", "a.b": "data.x"}),
+    )
+    assert code == 0, out
+
+
+# Any printable character a user may put in a password, the awkward ones often.
+PASSWORDS = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=0, max_size=20),
+    st.text(st.sampled_from("#/?@ :%&=;'\"\\"), min_size=1, max_size=12),
+)
+MARK = "Kq7Vw3"
+SCHEMES = [
+    "postgres",
+    "postgresql",
+    "mysql",
+    "mariadb",
+    "postgresql+asyncpg",
+    "mysql+aiomysql",
+    "redis",
+    "sqlite",
+]
+
+
+def broken_files(dsn: str) -> list[str]:
+    """Stream files whose errors quote the DSN, or would if they were not redacted."""
+    queue = "source: {type: sqs, queue_url: 'https://sqs.us-east-1.amazonaws.com/1/q'}\n"
+    return [
+        with_sink(dsn=dsn),
+        with_sink(type="mysql", dsn=dsn),
+        with_sink(type="sqlite", dsn=dsn),
+        with_sink(type=dsn),
+        with_sink(on_delete=dsn),
+        with_sink(key=["id"], columns={"id": f"data.[{dsn}"}),
+        handler_with(dsn),
+        f"name: orders\n{queue}decode: {json.dumps(dsn)}\nsink: {{type: sqlite, dsn: x.db, table: t}}\n",
+        f"name: orders\n{queue}sink: {{type: sqlite, dsn: x.db, table: t, {json.dumps(dsn)}: 1}}\n",
+    ]
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(scheme=st.sampled_from(SCHEMES), before=PASSWORDS, after=PASSWORDS)
+def test_poller_check_never_prints_a_dsn_password(scheme: str, before: str, after: str) -> None:
+    dsn = f"{scheme}://app:{before}{MARK}{after}@db.internal:5432/app"
+    with tempfile.TemporaryDirectory() as folder:
+        for i, text in enumerate(broken_files(dsn)):
+            _, out = check_output(Path(folder), text, f"s{i}.yaml")
+            assert MARK not in out, (text, out)

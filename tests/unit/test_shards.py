@@ -1,22 +1,18 @@
 """The shard machinery's pure parts (prefix tracker, lineage, resume floor), and
 the whole fleet run against an in-memory stream behind the `ShardApi` protocol
-with a real SQLite sink: the order children are read in, throttling, expired
-iterators and parallel lanes."""
+(`tests/support/fake_shards.py`) with a real SQLite sink: the order children
+are read in, throttling, expired iterators and parallel lanes."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from poller.config import parse_stream
 from poller.destinations import Destination
 from poller.processing.failures import Unit
 from poller.processing.pipeline import Preparer
@@ -24,23 +20,20 @@ from poller.records import KINESIS, Checkpoint, Position, Record, ShardState
 from poller.sinks.base import Transaction
 from poller.sinks.factory import build_sink
 from poller.sources.shards import (
-    AFTER_SEQUENCE_NUMBER,
-    AT_SEQUENCE_NUMBER,
-    TRIM_HORIZON,
     IteratorExpired,
     Lineage,
     PrefixTracker,
-    ReadResult,
     ResumeFloor,
     ShardFleet,
     ShardInfo,
     ShardOptions,
     Throttled,
-    _record_ends,
     lane_checkpoint_id,
     lane_of,
     parse_lane_id,
+    record_ends,
 )
+from tests.support.fake_shards import FakeStream, rows, sqlite_stream
 
 
 def pos(seq: int, sub: int = 0, shard: str = "s") -> Position:
@@ -116,7 +109,7 @@ def test_record_ends_marks_the_last_unit_of_each_source_record() -> None:
         return Unit(source=Record(KINESIS, "s", "s", seq, b""), index=index)
 
     units = [unit("1", 0), unit("2", 1), unit("2", 2), unit("2", 3), unit("3", 4)]
-    assert _record_ends(units) == {0, 3, 4}
+    assert record_ends(units) == {0, 3, 4}
 
 
 # --------------------------------------------------------------------------- Lineage
@@ -200,97 +193,6 @@ def test_children_learned_from_the_last_read_count() -> None:
 # --------------------------------------------------------------------------- a whole fleet
 
 
-class FakeStream:
-    """An in-memory stream behind the ShardApi protocol. Iterators are
-    "shard|index"; `faults` injects errors into reads."""
-
-    def __init__(self) -> None:
-        self.shards: dict[str, ShardInfo] = {}
-        self.records: dict[str, list[dict[str, Any]]] = {}
-        self.seq = 0
-        self.faults: Callable[[str], Exception | None] = lambda shard: None
-        self.reads = 0
-
-    def add_shard(self, shard_id: str, *parents: str) -> None:
-        self.shards[shard_id] = ShardInfo(shard_id, parents, False)
-        self.records[shard_id] = []
-
-    def close(self, shard_id: str) -> None:
-        self.shards[shard_id] = ShardInfo(shard_id, self.shards[shard_id].parent_ids, True)
-
-    def put(self, shard_id: str, key: str, n: int) -> None:
-        self.seq += 1
-        data = json.dumps({"id": f"{key}:{n}", "n": n}).encode()
-        self.records[shard_id].append({"SequenceNumber": str(self.seq), "PartitionKey": key, "Data": data})
-
-    async def list_shards(self) -> list[ShardInfo]:
-        return list(self.shards.values())
-
-    async def iterator(
-        self, shard_id: str, kind: str, sequence_number: str | None = None, timestamp: datetime | None = None
-    ) -> str:
-        seqs = [int(r["SequenceNumber"]) for r in self.records[shard_id]]
-        if kind == TRIM_HORIZON:
-            index = 0
-        elif kind == AT_SEQUENCE_NUMBER:
-            index = seqs.index(int(sequence_number or 0))
-        elif kind == AFTER_SEQUENCE_NUMBER:
-            index = seqs.index(int(sequence_number or 0)) + 1
-        else:
-            index = len(seqs)
-        return f"{shard_id}|{index}"
-
-    async def read(self, iterator: str, limit: int) -> ReadResult:
-        shard_id, _, index = iterator.partition("|")
-        fault = self.faults(shard_id)
-        if fault is not None:
-            raise fault
-        self.reads += 1
-        start = int(index)
-        batch = self.records[shard_id][start : start + limit]
-        end = start + len(batch)
-        if self.shards[shard_id].closed and end == len(self.records[shard_id]):
-            children = tuple(s for s, i in self.shards.items() if shard_id in i.parent_ids)
-            return ReadResult(batch, None, 0, children)
-        return ReadResult(batch, f"{shard_id}|{end}", 0)
-
-    def to_record(self, raw: dict[str, Any], shard_id: str) -> Record:
-        data = raw["Data"]
-        seq = raw["SequenceNumber"]
-        return Record(KINESIS, "fake", shard_id, seq, data, data, 0, raw["PartitionKey"], 1.0e9, {}, raw)
-
-
-def sqlite_stream(tmp_path: Path, name: str, **source: Any) -> tuple[Any, str]:
-    path = tmp_path / "rows.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            f"CREATE TABLE {name} (id TEXT PRIMARY KEY, pk TEXT, n INTEGER, shard TEXT, "
-            f"ord INTEGER UNIQUE DEFAULT NULL)"
-        )
-        # Commit order, visible to the assertions: SQLite runs the batch's inserts in order.
-        conn.execute(
-            f"CREATE TRIGGER {name}_ord AFTER INSERT ON {name} BEGIN "
-            f"UPDATE {name} SET ord = (SELECT coalesce(max(ord), 0) + 1 FROM {name}) WHERE id = NEW.id; END"
-        )
-    cfg = parse_stream(
-        {
-            "name": name,
-            "source": {"type": "kinesis", "stream": "fake", "idle_poll_seconds": 0.05, **source},
-            "batch": {"size": 7, "window_seconds": 0.01},
-            "sink": {
-                "type": "sqlite",
-                "dsn": str(path),
-                "table": name,
-                "key": ["id"],
-                "columns": {"id": "data.id", "pk": "partition_key", "n": "data.n", "shard": "shard_id"},
-            },
-        },
-        "test",
-        env={},
-    )
-    return cfg, str(path)
-
-
 async def run_fleet(cfg: Any, api: FakeStream, until: Callable[[], bool]) -> dict[str, Checkpoint]:
     sink = build_sink(cfg, None)
     await sink.open()
@@ -312,11 +214,6 @@ async def run_fleet(cfg: Any, api: FakeStream, until: Callable[[], bool]) -> dic
         return await sink.load_checkpoints(cfg.name)
     finally:
         await sink.close()
-
-
-def rows(path: str, name: str) -> list[tuple[str, int, str]]:
-    with sqlite3.connect(path) as conn:
-        return list(conn.execute(f"SELECT pk, n, shard FROM {name} ORDER BY ord"))
 
 
 def assert_in_key_order(found: list[tuple[str, int, str]]) -> None:
@@ -422,3 +319,30 @@ async def test_resume_drops_what_was_committed_before(tmp_path: Path, lanes: int
         expected -= {(f"k{i % 4}", i // 4) for i in range(20, 38) if lane_of(f"k{i % 4}", lanes) == lane}
     await run_fleet(cfg, api, lambda: len(rows(path, "resume")) >= len(expected) and api.reads > 3)
     assert {(pk, n) for pk, n, _ in rows(path, "resume")} == expected
+
+
+def shard_series(stream: str, shard: str) -> set[str]:
+    """Names of the samples /metrics would show for one shard of a stream."""
+    return {
+        s.name
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.labels.get("stream") == stream and s.labels.get("shard") == shard
+    }
+
+
+async def test_an_ended_shard_leaves_no_metric_series(tmp_path: Path) -> None:
+    """A long-lived daemon on a stream that reshards must not keep a series for
+    every shard it ever read: the parent's go when it ends, the child's stay."""
+    cfg, path = sqlite_stream(tmp_path, "series")
+    api = FakeStream()
+    api.add_shard("p0")
+    api.add_shard("c1", "p0")
+    for i in range(10):
+        api.put("p0", "k", i)
+    for i in range(10, 20):
+        api.put("c1", "k", i)
+    api.close("p0")
+    await run_fleet(cfg, api, lambda: len(rows(path, "series")) == 20)
+    assert shard_series("series", "p0") == set()
+    assert {"poller_get_records_calls_total", "poller_iterator_age_seconds"} <= shard_series("series", "c1")
