@@ -22,10 +22,15 @@ from poller.observability.http import HttpServer
 from poller.observability.logging import get_logger
 from poller.processing.pipeline import Preparer
 from poller.records import TransientError
+from poller.retry import Backoff, sleep_unless
 from poller.sinks.base import Sink
 from poller.sinks.factory import build_sink, failures_table_of
 
 log = get_logger()
+_SINK_BACKOFF = Backoff(1.0, 30.0)
+# A stream that fails again and again is restarted less and less often, up to a
+# minute apart; half the wait is jitter so that streams failing together spread out.
+_RESTART_BACKOFF = Backoff(4.0, 60.0)
 
 
 class StreamRunner:
@@ -60,10 +65,11 @@ class StreamRunner:
         structlog.contextvars.bind_contextvars(stream=self.name)
         cfg = self.cfg
         is_sqs = isinstance(cfg.source, SqsSource)
-        db_sink = cfg.sink.type in ("postgres", "mysql", "sqlite")
-        default_table = db_sink and not is_sqs
+        # A stream without on_failure keeps failures in a table: the sink's database,
+        # or a handler or lambda sink's checkpoint store. SQS has the queue's redrive.
+        default_table = not is_sqs
         destination = build_destination(cfg.on_failure, default_table)
-        sink = build_sink(cfg, failures_table_of(cfg, default_table) if db_sink else None)
+        sink = build_sink(cfg, failures_table_of(cfg, default_table))
         self.sink = sink
         await self._open_sink(sink, stop)
         if stop.is_set():
@@ -115,10 +121,7 @@ class StreamRunner:
                     "sink not reachable, retrying", stream=self.name, error=str(e), attempt=attempt
                 )
                 await sink.close()
-                try:
-                    await asyncio.wait_for(stop.wait(), min(30.0, 0.5 * 2**attempt))
-                except TimeoutError:
-                    pass
+                await sleep_unless(stop, _SINK_BACKOFF.delay(attempt))
 
 
 class Supervisor:
@@ -176,7 +179,7 @@ class Supervisor:
                 return
             except Exception as e:
                 attempt += 1
-                delay = min(60.0, 2.0 * 2 ** min(attempt, 5))
+                delay = _RESTART_BACKOFF.ceiling(attempt) / 2 + _RESTART_BACKOFF.delay(attempt) / 2
                 log.error(
                     "stream failed; restarting",
                     stream=runner.name,
@@ -186,10 +189,7 @@ class Supervisor:
                 )
                 runner.source_ready = False
                 runner._publish()
-                try:
-                    await asyncio.wait_for(self.stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                await sleep_unless(self.stop, delay)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -18,7 +18,6 @@ number.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -39,6 +38,7 @@ from poller.records import (
     contained,
     describe_error,
 )
+from poller.retry import Backoff as Backoff  # re-exported for older imports
 from poller.sinks.base import CommitResult, Sink, Transaction
 
 log = get_logger()
@@ -80,18 +80,6 @@ class Unit:
 
     def fail_with(self, error: RecordError, attempts: int | None = None) -> None:
         self.fail(error.reason, error, attempts)
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, initial: float, cap: float, rng: random.Random | None = None):
-        self.initial = initial
-        self.cap = cap
-        self.rng = rng or random.Random()
-
-    def delay(self, attempt: int) -> float:
-        return self.rng.uniform(0, min(self.cap, self.initial * (2 ** max(0, attempt - 1))))
 
 
 class Checkpointer(Protocol):

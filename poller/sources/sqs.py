@@ -26,11 +26,15 @@ from poller.processing.batching import take_batch
 from poller.processing.failures import Decision, FailurePolicy, Unit, count_failures
 from poller.processing.pipeline import Preparer
 from poller.records import SQS, Record, RecordError, TransientError
+from poller.retry import Backoff, retry_until_stopped, sleep_unless
 from poller.sinks.base import MessageWrite, Sink, Transaction
 from poller.sources import fast_parse
 from poller.sources.base import SourceConsumer
 
 log = get_logger()
+# A delete that fails is tried again a few times; then the idempotency table
+# makes the redelivery harmless.
+_DELETE_BACKOFF = Backoff(0.2, 5.0)
 
 
 @dataclass(slots=True)
@@ -146,7 +150,8 @@ class SqsConsumer(SourceConsumer):
         ) as client:
             self.client = client
             fast_parse.install(client, ["ReceiveMessage"])
-            await self._describe(stop)
+            if not await self._describe(stop):
+                return
             self.on_source_ready()
             pollers = [
                 asyncio.create_task(self._poll(stop), name=f"{self.name}-poll-{i}")
@@ -189,28 +194,34 @@ class SqsConsumer(SourceConsumer):
             error = None if task.cancelled() else task.exception()
             raise RuntimeError(f"{task.get_name()} stopped unexpectedly: {error!r}") from error
 
-    async def _describe(self, stop: asyncio.Event) -> None:
-        attempt = 0
-        while True:
-            try:
-                resp = await self.client.get_queue_attributes(
+    async def _describe(self, stop: asyncio.Event) -> bool:
+        """Read the queue's attributes; False if stopped before it answered."""
+
+        def unreachable(e: Exception, attempt: int) -> None:
+            log.warning("queue unreachable, retrying", stream=self.name, error=str(e), attempt=attempt)
+
+        try:
+            resp = await retry_until_stopped(
+                stop,
+                lambda: self.client.get_queue_attributes(
                     QueueUrl=self.src.queue_url,
                     AttributeNames=["VisibilityTimeout", "QueueArn", "FifoQueue", "MaximumMessageSize"],
-                )
-                break
-            except Exception as e:
-                err = classify_aws(e)
-                if isinstance(err, RecordError):
-                    raise RuntimeError(f"queue {self.src.queue_url}: {e}") from e
-                attempt += 1
-                log.warning("queue unreachable, retrying", stream=self.name, error=str(e), attempt=attempt)
-                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                ),
+                Backoff(0.5, 30.0),
+                retryable=lambda e: not isinstance(classify_aws(e), RecordError),
+                on_retry=unreachable,
+            )
+        except Exception as e:
+            raise RuntimeError(f"queue {self.src.queue_url}: {e}") from e
+        if resp is None:
+            return False
         attrs = resp.get("Attributes", {})
         self.visibility = self.src.visibility_timeout_seconds or int(attrs.get("VisibilityTimeout", "30"))
         self.fifo = attrs.get("FifoQueue") == "true" or self.fifo
         self.queue_arn = attrs.get("QueueArn", "")
         self._largest_message = int(attrs.get("MaximumMessageSize", _SQS_MAX_MESSAGE))
         log.info("queue ready", stream=self.name, visibility_timeout=self.visibility, fifo=self.fifo)
+        return True
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -229,6 +240,7 @@ class SqsConsumer(SourceConsumer):
 
     async def _poll(self, stop: asyncio.Event) -> None:
         failures = 0
+        backoff = Backoff(0.2, 20.0)
         while not stop.is_set():
             async with self._capacity:
                 await self._capacity.wait_for(lambda: self._room() > 0)
@@ -257,7 +269,7 @@ class SqsConsumer(SourceConsumer):
                 if failures > 3:
                     self.on_health(False)
                 log.warning("receive failed, retrying", stream=self.name, error=str(e), attempt=failures)
-                await asyncio.sleep(min(20.0, 0.2 * 2**failures))
+                await sleep_unless(stop, backoff.delay(failures))
                 continue
             # From here to the notify nothing awaits: the reservation turns into
             # what was received in one step.
@@ -421,7 +433,7 @@ class SqsConsumer(SourceConsumer):
                         error=str(e),
                         attempt=attempt + 1,
                     )
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    await asyncio.sleep(_DELETE_BACKOFF.delay(attempt + 1))
                     continue
                 failed = {f["Id"]: f for f in resp.get("Failed", [])}
                 metrics.SQS_DELETED.labels(self.name).inc(len(entries) - len(failed))
@@ -436,7 +448,7 @@ class SqsConsumer(SourceConsumer):
                 ]
                 if not pending:
                     break
-                await asyncio.sleep(0.2 * 2**attempt)
+                await asyncio.sleep(_DELETE_BACKOFF.delay(attempt + 1))
         await self._forget(message_ids)
 
     async def _release(self, units: list[Unit]) -> None:
