@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 class Backoff:
     """Capped exponential backoff with full jitter: attempt n waits a uniform
-    random time in [0, min(cap, initial × 2^(n-1))]."""
+    random time in [0, min(cap, initial * 2^(n-1))]."""
 
     def __init__(self, initial: float, cap: float, rng: random.Random | None = None):
         self.initial = initial

@@ -180,6 +180,17 @@ async def test_a_lost_lease_stops_the_worker_and_drops_the_shards_series(tmp_pat
     assert get_records_calls("w_lease", "s0") is None
 
 
+async def rename(path: str, table: str, to: str) -> None:
+    """From another connection, in a thread: the sink's own connection must be
+    free to roll back its failed commits meanwhile."""
+
+    def alter() -> None:
+        with sqlite3.connect(path, timeout=30) as conn:
+            conn.execute(f"ALTER TABLE {table} RENAME TO {to}")
+
+    await asyncio.to_thread(alter)
+
+
 async def test_a_stop_while_draining_commits_the_batch_in_flight_and_drops_the_rest(tmp_path: Path) -> None:
     """The shard has ended but the table is gone (an operator's migration): the
     worker waits in DRAINING. A stop lets the batch it is committing commit once
@@ -190,8 +201,7 @@ async def test_a_stop_while_draining_commits_the_batch_in_flight_and_drops_the_r
     fill(api, "s0", 20)
     api.close("s0")
     sink = await open_sink(cfg)
-    with sqlite3.connect(path) as conn:
-        conn.execute("ALTER TABLE w_drain RENAME TO w_drain_away")
+    await rename(path, "w_drain", "w_drain_away")
     try:
         run = Run(cfg, api, sink, "s0")
         run.start()
@@ -199,8 +209,7 @@ async def test_a_stop_while_draining_commits_the_batch_in_flight_and_drops_the_r
         run.stop.set()
         await asyncio.sleep(0.3)
         assert not run.task or not run.task.done()  # the batch in flight holds the stop
-        with sqlite3.connect(path) as conn:
-            conn.execute("ALTER TABLE w_drain_away RENAME TO w_drain")
+        await rename(path, "w_drain_away", "w_drain")
         assert await run.result() is StopReason.REQUESTED
         assert run.worker.state is S.STOPPED
         checkpoints = await run.checkpoints()
@@ -249,10 +258,12 @@ async def test_a_shard_the_source_stops_for_trimming_stops_the_whole_stream(tmp_
         )
         stop = asyncio.Event()
         task = asyncio.create_task(fleet.run(stop))
-        for _ in range(500):
+        for _ in range(1000):
             if len(rows(path, "w_trim")) == 42:
                 break
             await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("both shards' records not written")
         trimming["on"] = True
         assert await asyncio.wait_for(task, 20) is StopReason.TRIMMED
         assert not stop.is_set() and not fleet.workers

@@ -28,8 +28,8 @@ from typing import Protocol
 
 from poller.observability import metrics
 from poller.observability.logging import get_logger
-from poller.processing.failures import Backoff
 from poller.records import TransientError
+from poller.retry import Backoff
 from poller.sources.shards.api import IteratorExpired, ReadResult, ShardApi, StartAt, Throttled
 from poller.sources.shards.options import ShardOptions
 from poller.sources.shards.retrying import BACKOFF_CAP, BACKOFF_INITIAL, retrying

@@ -42,6 +42,7 @@ import structlog
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Checkpoint, Position, Record, ShardState
+from poller.retry import AnyOf, StopSignal
 from poller.sinks.base import Transaction
 from poller.sources.shards.api import (
     AFTER_SEQUENCE_NUMBER,
@@ -54,7 +55,7 @@ from poller.sources.shards.api import (
 from poller.sources.shards.checkpointer import ShardProgress
 from poller.sources.shards.lanes import Lane, StreamParts
 from poller.sources.shards.positions import ResumeFloor, lane_of
-from poller.sources.shards.retrying import AnyOf, StopSignal, retrying
+from poller.sources.shards.retrying import retrying
 
 log = get_logger()
 
