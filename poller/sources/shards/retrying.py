@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import TransientError
-from poller.retry import Backoff, StopSignal, sleep_unless
+from poller.retry import Backoff, StopSignal, retry_until_stopped
 from poller.sources.shards.api import Throttled
 
 log = get_logger()
@@ -26,17 +26,18 @@ async def retrying(
     stop: StopSignal, stream: str, what: str, call: Callable[[], Awaitable[T]], **context: Any
 ) -> T | None:
     """Call until it succeeds, backing off on transient errors; None once `stop` is set."""
-    backoff = Backoff(BACKOFF_INITIAL, BACKOFF_CAP)
-    attempt = 0
-    while not stop.is_set():
-        try:
-            return await call()
-        except TransientError as e:
-            attempt += 1
-            if isinstance(e, Throttled):
-                metrics.THROTTLES.labels(stream, e.operation).inc()
-            (log.warning if attempt < 5 else log.error)(
-                f"{what} failed, retrying", stream=stream, attempt=attempt, error=str(e), **context
-            )
-            await sleep_unless(stop, backoff.delay(attempt))
-    return None
+
+    def failed(e: Exception, attempt: int) -> None:
+        if isinstance(e, Throttled):
+            metrics.THROTTLES.labels(stream, e.operation).inc()
+        (log.warning if attempt < 5 else log.error)(
+            f"{what} failed, retrying", stream=stream, attempt=attempt, error=str(e), **context
+        )
+
+    return await retry_until_stopped(
+        stop,
+        call,
+        Backoff(BACKOFF_INITIAL, BACKOFF_CAP),
+        retryable=lambda e: isinstance(e, TransientError),
+        on_retry=failed,
+    )
