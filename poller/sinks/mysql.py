@@ -42,6 +42,7 @@ _KINDS = {
     "datetime": "timestamp",
     "timestamp": "timestamp",
     "date": "date",
+    "uuid": "uuid",  # MariaDB ≥ 10.7
     "tinyblob": "bytes",
     "blob": "bytes",
     "longblob": "bytes",
@@ -122,6 +123,7 @@ _DATA_CODES = {
     4037,  # unexpected end of JSON text (MariaDB)
     4038,  # syntax error in JSON text (MariaDB)
     4040,  # JSON nesting too deep (MariaDB)
+    4078,  # illegal parameter data types for an operation (e.g. a double cast to INET6)
 }
 _RECORD_CODES = _CONSTRAINT_CODES | _DATA_CODES
 

@@ -260,7 +260,7 @@ def test_what_prepare_accepts_commits(database: tuple[str, str]) -> None:
         loop.run_until_complete(commit_or_explain(sink, ops))
 
     fuzz = settings(
-        max_examples=1000,
+        max_examples=2000,
         derandomize=True,
         database=None,
         deadline=None,
