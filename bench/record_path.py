@@ -6,7 +6,7 @@ JSON orders, as kinesalite returns them) goes through
    pays) and the compiled parser the poller hooks in (`poller.sources.fast_parse`);
 2. `KinesisShardApi.to_record` (raw record → `Record`);
 3. `Preparer.stream_units`: decode JSON, filter, age check, map through
-   `columns` and coerce to the PostgreSQL column types (`SqlSink.prepare`);
+   `columns` (`Mapper`) and coerce to the PostgreSQL column types (`SqlSink.coerce`);
 4. the transaction's row list (`last_op_per_key`) and the binary COPY
    encoding asyncpg does for those rows.
 
@@ -40,7 +40,7 @@ from poller.sources.kinesis import KinesisShardApi
 
 
 class _OfflineSink(SqlSink):
-    """`SqlSink.prepare` with PostgreSQL's converters for the bench table, no database."""
+    """`SqlSink.coerce` with PostgreSQL's converters for the bench table, no database."""
 
     kind = "offline"
 

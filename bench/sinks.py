@@ -1,7 +1,7 @@
 """Figure 3: sink throughput against hand-written database code.
 
 The poller side drives the real sink classes as the pipeline does: per record
-`sink.prepare(record)` (mapping through `columns` + per-column coercion), then
+`sink.coerce(mapper.ops(record))` (mapping through `columns` + per-column coercion), then
 per batch `sink.commit(Transaction(ops, checkpoints=[...]))` — rows and a
 checkpoint in one transaction.
 
@@ -69,12 +69,11 @@ def batches(records: list[Record], size: int) -> list[list[Record]]:
 # --------------------------------------------------------------------------- poller side
 
 
-async def run_poller_sink(sink: SqlSink, parts: list[list[Record]]) -> None:
-    prepare = sink.prepare
+async def run_poller_sink(sink: SqlSink, mapper: Mapper, parts: list[list[Record]]) -> None:
     for part in parts:
         ops = []
         for r in part:
-            ops.extend(prepare(r))
+            ops.extend(sink.coerce(mapper.ops(r)))
         last = part[-1]
         await sink.commit(
             Transaction(
@@ -247,14 +246,14 @@ async def bench_db(db: str, rows: int, batch: int, runs: int) -> dict[str, Any]:
     ours: list[tuple[float, float]] = []
     theirs: list[tuple[float, float]] = []
     try:
-        await run_poller_sink(sink, warm)
+        await run_poller_sink(sink, mapper, warm)
         await hand.run(warm)
         for run in range(runs):
             order_ = ("poller", "hand") if run % 2 == 0 else ("hand", "poller")
             for side in order_:
                 if side == "poller":
                     await exec_sql(truncate.format(ours_table))
-                    ours.append(await _timed(lambda: run_poller_sink(sink, parts), rows))
+                    ours.append(await _timed(lambda: run_poller_sink(sink, mapper, parts), rows))
                 else:
                     await exec_sql(truncate.format(hand_table))
                     theirs.append(await _timed(lambda: hand.run(parts), rows))

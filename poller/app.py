@@ -23,7 +23,7 @@ from poller.observability.logging import get_logger
 from poller.processing.pipeline import Preparer
 from poller.records import TransientError
 from poller.retry import Backoff, sleep_unless
-from poller.sinks.base import Sink
+from poller.sink_api import Sink
 from poller.sinks.factory import build_sink, failures_table_of
 
 log = get_logger()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -26,10 +25,10 @@ from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code
 from poller.config import FileDestination, OnFailure, SqsDestination, TableDestination
+from poller.jsonenc import ascii_dumps
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Failure, TransientError
-from poller.sinks.coercion import json_default
 
 log = get_logger()
 
@@ -70,8 +69,7 @@ class Destination:
         """Keep failures the destination refused, whole, in the fallback file;
         each is marked with where it went. Only a write error (disk full) waits."""
         lines = "".join(
-            json.dumps({**f.as_dict(), "refused_by": self.name, "refusal": why}, default=json_default) + "\n"
-            for f in failures
+            ascii_dumps({**f.as_dict(), "refused_by": self.name, "refusal": why}) + "\n" for f in failures
         )
         async with self._fallback_lock:
             try:
@@ -121,7 +119,7 @@ class FileDest(Destination):
 
     async def send(self, failures: list[Failure]) -> None:
         # JSON with ASCII escapes holds any payload: a file refuses nothing.
-        lines = "".join(json.dumps(f.as_dict(), default=json_default) + "\n" for f in failures)
+        lines = "".join(ascii_dumps(f.as_dict()) + "\n" for f in failures)
         async with self._lock:
             try:
                 await asyncio.to_thread(_append_lines, self.path, lines)
@@ -156,7 +154,7 @@ class SqsDest(Destination):
         await self._stack.aclose()
 
     def _body(self, f: Failure) -> str:
-        body = json.dumps(f.as_dict(), default=json_default)
+        body = ascii_dumps(f.as_dict())
         if len(body) <= self.max_bytes:  # ASCII (json escapes the rest): characters are bytes
             return body
         doc = f.as_dict()
@@ -169,12 +167,10 @@ class SqsDest(Destination):
             payload_stored_at=str(self.fallback_path),
             error_message=doc["error_message"][:1000],
         )
-        return json.dumps(doc, default=json_default)[: self.max_bytes]
+        return ascii_dumps(doc)[: self.max_bytes]
 
     async def send(self, failures: list[Failure]) -> None:
-        oversized = [
-            f for f in failures if len(json.dumps(f.as_dict(), default=json_default)) > self.max_bytes
-        ]
+        oversized = [f for f in failures if len(ascii_dumps(f.as_dict())) > self.max_bytes]
         if oversized:
             # The whole record is kept before the truncated one is sent.
             await self.store_fallback(

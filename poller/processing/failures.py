@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from poller.config import RetryConfig
-from poller.destinations import Destination
 from poller.observability import metrics
 from poller.observability.logging import get_logger
-from poller.processing.mapping import RowOp
 from poller.records import (
     Failure,
     PartialFailure,
@@ -39,7 +37,8 @@ from poller.records import (
     describe_error,
 )
 from poller.retry import Backoff as Backoff  # re-exported for older imports
-from poller.sinks.base import CommitResult, Sink, Transaction
+from poller.rows import RowOp
+from poller.sink_api import CommitResult, FailureDestination, Sink, Transaction
 
 log = get_logger()
 
@@ -106,7 +105,7 @@ class FailurePolicy:
         stream: str,
         retry: RetryConfig,
         sink: Sink,
-        destination: Destination,
+        destination: FailureDestination,
         build_tx: Callable[[list[Unit]], Transaction],
         decide: Callable[[Unit, RecordError], Decision],
         skip: Callable[[Unit], bool] = lambda u: False,
@@ -252,6 +251,7 @@ class FailurePolicy:
     def _attempt(self, units: list[Unit], e: RecordError) -> bool:
         """Charge each unit an attempt and apply `decide`; True if any is to be retried."""
         metrics.RETRIES.labels(self.stream, "record").inc()
+        metrics.EVENTS_FAILED.labels(self.stream).inc(len(units))
         now = time.time()
         again = False
         for u in units:
@@ -340,7 +340,7 @@ def _deliverable(u: Unit) -> bool:
     return u.failure is None and not u.filtered and not u.delivered and not u.released
 
 
-def count_failures(stream: str, destination: Destination, units: list[Unit]) -> None:
+def count_failures(stream: str, destination: FailureDestination, units: list[Unit]) -> None:
     for u in units:
         if u.failure is not None and not u.released:
             metrics.FAILED.labels(stream, destination.name, u.failure.reason).inc()

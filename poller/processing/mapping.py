@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import jmespath
 
 from poller.records import MappingError, Record
-
-# Append mode: the whole record, unique on its position.
-APPEND_COLUMNS: dict[str, str] = {
-    "stream": "stream",
-    "shard_id": "shard_id",
-    "sequence_number": "sequence_number",
-    "sub_sequence": "sub_sequence",
-    "partition_key": "partition_key",
-    "arrival_time": "arrival_time",
-    "data": "data",
-}
-APPEND_KEY = ["shard_id", "sequence_number", "sub_sequence"]
+from poller.rows import APPEND_COLUMNS as APPEND_COLUMNS
+from poller.rows import APPEND_KEY as APPEND_KEY
+from poller.rows import RowOp as RowOp
+from poller.rows import TableShape
+from poller.rows import last_op_per_key as last_op_per_key
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -132,14 +124,6 @@ def compile_values(exprs: list[str | None]) -> Callable[[Record], list[Any]]:
     return fn
 
 
-@dataclass(slots=True)
-class RowOp:
-    """The final state wanted for one key: `values` to upsert, or None to delete."""
-
-    key: tuple[Any, ...]
-    values: tuple[Any, ...] | None
-
-
 class Mapper:
     """Maps a decoded record to the row operations of one target table."""
 
@@ -150,16 +134,15 @@ class Mapper:
         on_delete: str = "delete",
         soft_delete_column: str | None = None,
     ):
-        self.append = columns is None
-        cols = dict(APPEND_COLUMNS if columns is None else columns)
-        self.key = list(APPEND_KEY if columns is None else key)
         self.soft_delete_column = soft_delete_column if on_delete == "soft_delete" else None
         self.on_delete = on_delete
-        self.columns = list(cols)
-        if self.soft_delete_column and self.soft_delete_column not in cols:
-            self.columns.append(self.soft_delete_column)
+        shape = TableShape.of(columns, key, on_delete, soft_delete_column)
+        self.append = shape.append
+        self.columns = shape.columns
+        self.key = shape.key
+        self.key_index = shape.key_index
+        cols = APPEND_COLUMNS if columns is None else columns
         self._values = compile_values([cols.get(c) for c in self.columns])
-        self.key_index = [self.columns.index(k) for k in self.key]
         self._soft_idx = self.columns.index(self.soft_delete_column) if self.soft_delete_column else None
 
     def ops(self, record: Record) -> list[RowOp]:
@@ -179,16 +162,3 @@ class Mapper:
         elif removed and not self.append:
             return [RowOp(key, None)]
         return [RowOp(key, tuple(values))]
-
-
-def last_op_per_key(ops: list[RowOp]) -> list[RowOp]:
-    """Keep each key's final operation, in first-seen order: a multi-row upsert
-    may not touch one row twice, and only the final state matters."""
-    if len(ops) < 2:
-        return ops
-    latest: dict[tuple[Any, ...], RowOp] = {}
-    for op in ops:
-        latest[op.key] = op
-    if len(latest) == len(ops):
-        return ops
-    return list(latest.values())

@@ -1,4 +1,9 @@
-"""decode → filter → age check → map: source records into commit units.
+"""decode → filter → age check → map → coerce: source records into commit units.
+
+The map stage (`mapping.Mapper`, from the sink's `columns`) turns a record
+into row operations; the sink then types them for its columns
+(`Sink.coerce`). A sink that takes records rather than rows (user code) has
+no `columns`, and its units carry no rows.
 
 Everything here is per record and synchronous; a record that cannot be
 decoded or mapped becomes a failed unit on its own, so it never holds back
@@ -16,14 +21,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from poller.config import StreamConfig
+from poller.config import DatabaseSink, StreamConfig
 from poller.events import filter_view
 from poller.observability import metrics
 from poller.processing.decoders import Decoder, build_decoder
 from poller.processing.failures import Unit
 from poller.processing.filters import Matcher, compile_patterns
+from poller.processing.mapping import Mapper
 from poller.records import Record, RecordError, contained
-from poller.sinks.base import Sink
+from poller.rows import RowOp
+from poller.sink_api import Sink
 
 
 class RecordAgeError(RecordError):
@@ -40,6 +47,18 @@ class Preparer:
         self.max_age = cfg.retry.max_record_age_seconds
         self.clock = clock
         self._filtered = metrics.RECORDS.labels(cfg.name, "filtered")
+        s = cfg.sink
+        self.mapper: Mapper | None = (
+            Mapper(s.columns, s.key, s.on_delete, s.soft_delete_column)
+            if isinstance(s, DatabaseSink)
+            else None
+        )
+
+    def rows(self, record: Record) -> list[RowOp]:
+        """The map stage then the sink's coercion, for one decoded record."""
+        if self.mapper is None:
+            return []
+        return self.sink.coerce(self.mapper.ops(record))
 
     def _expand(self, record: Record) -> list[Record]:
         try:
@@ -70,7 +89,7 @@ class Preparer:
         a source record that yields nothing still moves the checkpoint."""
         units: list[Unit] = []
         now = self.clock()
-        prepare = self.sink.prepare
+        prepare = self.rows
         aging = self.max_age is not None
         expand = self._expand if self.filtering else self.decoder
         for record in records:
@@ -117,7 +136,7 @@ class Preparer:
         u.filtered = not children
         try:
             for child in children:
-                u.ops.extend(self.sink.prepare(child))
+                u.ops.extend(self.rows(child))
         except Exception as e:
             u.records = []
             u.fail_with(contained(e, "mapping"), attempts=1)

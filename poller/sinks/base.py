@@ -12,15 +12,12 @@ import abc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from poller.processing.mapping import Mapper, RowOp, last_op_per_key
 from poller.records import (
     Checkpoint,
     MappingError,
-    Record,
     RecordError,
     ShardState,
     TransientError,
@@ -28,69 +25,12 @@ from poller.records import (
 from poller.records import (
     Failure as Failure,  # re-exported: the type now lives in records
 )
+from poller.rows import RowOp, RowShape, last_op_per_key
+from poller.sink_api import CommitResult as CommitResult
+from poller.sink_api import MessageWrite as MessageWrite
+from poller.sink_api import Sink
+from poller.sink_api import Transaction as Transaction
 from poller.sinks.coercion import CoercionError, Converter, coerce_row, row_coercer
-
-
-@dataclass(slots=True)
-class MessageWrite:
-    """An SQS message's rows, written only if its id has not been processed before."""
-
-    message_id: str
-    ops: list[RowOp]
-
-
-@dataclass(slots=True)
-class Transaction:
-    stream: str
-    ops: list[RowOp] = field(default_factory=list)
-    messages: list[MessageWrite] = field(default_factory=list)
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-    # The records as read that this commit delivers to user code (handler and
-    # lambda sinks build the Lambda event from them; SQL sinks use `ops`).
-    # Filled by the failure policy, which knows what was delivered already.
-    records: list[Record] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class CommitResult:
-    rows: int = 0
-    duplicates: int = 0  # messages already processed by an earlier delivery
-    duplicate_ids: set[str] = field(default_factory=set)
-
-
-class Sink(abc.ABC):
-    """The narrow surface the pipeline uses."""
-
-    kind: str = "sink"
-
-    @abc.abstractmethod
-    async def open(self) -> None: ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    @abc.abstractmethod
-    async def ping(self) -> None: ...
-
-    @abc.abstractmethod
-    def prepare(self, record: Record) -> list[RowOp]:
-        """Map and coerce one record; raises MappingError for this record alone."""
-
-    @abc.abstractmethod
-    async def commit(self, tx: Transaction) -> CommitResult: ...
-
-    @abc.abstractmethod
-    async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]: ...
-
-    async def delete_checkpoints(self, stream: str, shard_ids: list[str]) -> None:  # noqa: B027
-        """Drop tombstones of shards whose children are all processing."""
-
-    async def processed_ids(self, stream: str, ids: list[str]) -> set[str]:
-        return set()
-
-    async def purge_processed(self, stream: str, older_than_seconds: float) -> int:
-        return 0
 
 
 class SqlSink(Sink):
@@ -100,20 +40,22 @@ class SqlSink(Sink):
     of the handler and lambda sinks, whose records go to user code, not rows.
     """
 
+    kind = "sql"
+
     def __init__(
         self,
-        mapper: Mapper,
+        shape: RowShape,
         table: str,
         failures_table: str | None = "poller_failures",
         checkpoints_table: str = "poller_checkpoints",
         processed_table: str = "poller_processed",
     ):
-        self.mapper = mapper
+        self.shape = shape
         self.table = table
         self.failures_table = failures_table
         self.checkpoints_table = checkpoints_table
         self.processed_table = processed_table
-        self.columns = mapper.columns
+        self.columns = list(shape.columns)
         self.converters: list[Converter] = []
         self._coerce = row_coercer([], [])
         self._coerce_for: list[Converter] | None = None
@@ -121,20 +63,19 @@ class SqlSink(Sink):
 
     # -- the per-record part (no I/O) -------------------------------------------------
 
-    def prepare(self, record: Record) -> list[RowOp]:
-        ops = self.mapper.ops(record)
+    def coerce(self, ops: list[RowOp]) -> list[RowOp]:
         converters = self.converters
         if self._coerce_for is not converters or self._coerce_len != len(converters):
             # Compiled once the dialect has read the table's column types (in `open`).
             self._coerce = row_coercer(converters, self.columns)
             self._coerce_for, self._coerce_len = converters, len(converters)
         coerce = self._coerce
-        key_index = self.mapper.key_index
-        # The mapper's ops are new objects for this call: coerced in place.
+        key_index = self.shape.key_index
+        # The map stage's ops are new objects for each record: coerced in place.
         for op in ops:
             try:
                 if op.values is None:
-                    op.key = coerce_row(op.key, [converters[i] for i in key_index], self.mapper.key)
+                    op.key = coerce_row(op.key, [converters[i] for i in key_index], self.shape.key)
                     continue
                 values = coerce(op.values)
             except CoercionError as e:

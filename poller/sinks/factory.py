@@ -9,56 +9,57 @@ from poller.config import MysqlSink as MysqlCfg
 from poller.config import PostgresSink as PostgresCfg
 from poller.config import SqliteSink as SqliteCfg
 from poller.config import StreamConfig, TableDestination
-from poller.processing.mapping import Mapper
-from poller.sinks.base import Sink, SqlSink
+from poller.rows import TableShape
+from poller.sink_api import Sink
+from poller.sinks.base import SqlSink
 
 
 def build_sink(cfg: StreamConfig, failures_table: str | None) -> Sink:
     s = cfg.sink
     if isinstance(s, PostgresCfg | MysqlCfg | SqliteCfg):
-        mapper = Mapper(s.columns, s.key, s.on_delete, s.soft_delete_column)
+        shape = TableShape.of(s.columns, s.key, s.on_delete, s.soft_delete_column)
         kw = {"failures_table": failures_table}
         if isinstance(s, PostgresCfg):
             from poller.sinks.postgres import PostgresSink
 
-            return PostgresSink(s.dsn, mapper, s.table, pool_size=s.pool_size, **kw)
+            return PostgresSink(s.dsn, shape, s.table, pool_size=s.pool_size, **kw)
         if isinstance(s, MysqlCfg):
             from poller.sinks.mysql import MysqlSink
 
-            return MysqlSink(s.dsn, mapper, s.table, pool_size=s.pool_size, **kw)
+            return MysqlSink(s.dsn, shape, s.table, pool_size=s.pool_size, **kw)
         from poller.sinks.sqlite import SqliteSink
 
-        return SqliteSink(s.dsn, mapper, s.table, **kw)
+        return SqliteSink(s.dsn, shape, s.table, **kw)
     if isinstance(s, HandlerCfg):
         from poller.sinks.handler import HandlerSink
 
-        return HandlerSink(s, cfg.name)
+        return HandlerSink(s, cfg.name, failures_table=failures_table)
     if isinstance(s, LambdaCfg):
         from poller.sinks.lambda_sink import LambdaSink
 
-        return LambdaSink(s, cfg.name)
+        return LambdaSink(s, cfg.name, failures_table=failures_table)
     raise NotImplementedError(f"sink type {s.type!r} is not available in this build")
 
 
-def checkpoint_store(dsn: str) -> SqlSink:
-    """The store of a user-code sink: a SQL sink with no target table, only checkpoints
-    and processed ids (no failures table: `table` destinations are refused for these
-    sinks). The config refuses any other DSN first (`_checkpoint_dsn`); this refuses it
-    again rather than create a SQLite file named after it."""
-    mapper = Mapper(None, [])
+def checkpoint_store(dsn: str, failures_table: str | None = None) -> SqlSink:
+    """The store of a user-code sink: a SQL sink with no target table, only checkpoints,
+    processed ids and, with a `table` destination (the default on a stream), failure rows.
+    The config refuses any other DSN first (`_checkpoint_dsn`); this refuses it again
+    rather than create a SQLite file named after it."""
+    shape = TableShape.of(None, [])
     store = dsn_rules.kind(dsn)
     if store == "postgres":
         from poller.sinks.postgres import PostgresSink
 
-        return PostgresSink(dsn, mapper, "", pool_size=1, failures_table=None)
+        return PostgresSink(dsn, shape, "", pool_size=1, failures_table=failures_table)
     if store == "mysql":
         from poller.sinks.mysql import MysqlSink
 
-        return MysqlSink(dsn, mapper, "", pool_size=1, failures_table=None)
+        return MysqlSink(dsn, shape, "", pool_size=1, failures_table=failures_table)
     if store == "sqlite":
         from poller.sinks.sqlite import SqliteSink
 
-        return SqliteSink(dsn, mapper, "", failures_table=None)
+        return SqliteSink(dsn, shape, "", failures_table=failures_table)
     raise ValueError(f"checkpoint_dsn: not a checkpoint store; give {dsn_rules.CHECKPOINT_DSN_FORMS}")
 
 

@@ -29,9 +29,9 @@ from poller.config import HandlerSink as HandlerCfg
 from poller.context import LambdaContext, function_arn, log_stream_name
 from poller.events import lambda_event
 from poller.observability.logging import get_logger
-from poller.processing.mapping import RowOp
 from poller.records import Checkpoint, PartialFailure, Record, RecordError, TransientError
-from poller.sinks.base import CommitResult, Sink, Transaction
+from poller.rows import RowOp
+from poller.sink_api import CommitResult, Sink, Transaction
 from poller.sinks.factory import checkpoint_store
 
 log = get_logger()
@@ -95,8 +95,10 @@ class EventSink(Sink):
     or a record error, and then records the checkpoint in the store.
     """
 
-    def __init__(self, checkpoint_dsn: str, report_batch_item_failures: bool):
-        self.store = checkpoint_store(checkpoint_dsn)
+    def __init__(
+        self, checkpoint_dsn: str, report_batch_item_failures: bool, failures_table: str | None = None
+    ):
+        self.store = checkpoint_store(checkpoint_dsn, failures_table)
         self.report_batch_item_failures = report_batch_item_failures
         # Delivered but not yet recorded (the store failed): a retry of the
         # commit records them without handing them to user code again.
@@ -116,8 +118,8 @@ class EventSink(Sink):
     async def ping(self) -> None:
         await self.store.ping()
 
-    def prepare(self, record: Record) -> list[RowOp]:
-        return []
+    def coerce(self, ops: list[RowOp]) -> list[RowOp]:
+        return ops  # user code takes records, not rows: the map stage gives none
 
     async def commit(self, tx: Transaction) -> CommitResult:
         records = [r for r in tx.records if _key(r) not in self._unrecorded]
@@ -225,8 +227,8 @@ class HandlerSink(EventSink):
 
     kind = "handler"
 
-    def __init__(self, cfg: HandlerCfg, stream: str):
-        super().__init__(cfg.checkpoint_dsn, cfg.report_batch_item_failures)
+    def __init__(self, cfg: HandlerCfg, stream: str, failures_table: str | None = None):
+        super().__init__(cfg.checkpoint_dsn, cfg.report_batch_item_failures, failures_table)
         self.cfg = cfg
         self.stream = stream
         self.function_name = cfg.function_name or stream

@@ -16,8 +16,8 @@ import aiomysql
 import pymysql
 
 from poller import dsn as dsn_rules
-from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.rows import RowShape
 from poller.sinks import ddl, errors
 from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import Converter, column_converter
@@ -180,8 +180,8 @@ def parse_dsn(dsn: str) -> dict[str, Any]:
 class MysqlSink(SqlSink):
     kind = "mysql"
 
-    def __init__(self, dsn: str, mapper: Mapper, table: str, pool_size: int = 2, **kw: Any):
-        super().__init__(mapper, table, **kw)
+    def __init__(self, dsn: str, shape: RowShape, table: str, pool_size: int = 2, **kw: Any):
+        super().__init__(shape, table, **kw)
         self.connect_args = parse_dsn(dsn)
         self.pool_size = pool_size
         self.pool: aiomysql.Pool | None = None
@@ -209,7 +209,7 @@ class MysqlSink(SqlSink):
                         suffix=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
                     ):
                         await cur.execute(stmt)
-                    if self.mapper.append and self.table:
+                    if self.shape.append and self.table:
                         await cur.execute(
                             ddl.append_table(
                                 ddl.MYSQL, q(self.table), " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
@@ -248,16 +248,16 @@ class MysqlSink(SqlSink):
         ph = ", ".join(["%s"] * len(self.columns))
         # executemany folds this INSERT into one statement: it %-formats the part up to
         # VALUES but sends the ON DUPLICATE KEY part as written, so only the first is escaped.
-        updates = [f"{qc(c)} = VALUES({qc(c)})" for c in self.columns if c not in self.mapper.key]
-        if self.mapper.append or not updates:
+        updates = [f"{qc(c)} = VALUES({qc(c)})" for c in self.columns if c not in self.shape.key]
+        if self.shape.append or not updates:
             # A no-op update rather than INSERT IGNORE, which would also swallow data errors.
-            k = qc(self.mapper.key[0])
+            k = qc(self.shape.key[0])
             updates = [f"{k} = {k}"]
         self._upsert_sql = (
             f"INSERT INTO {qa(self.table)} ({cols}) VALUES ({ph}) "
             f"ON DUPLICATE KEY UPDATE {', '.join(updates)}"
         )
-        where = " AND ".join(f"{qa(k, column=True)} = %s" for k in self.mapper.key)
+        where = " AND ".join(f"{qa(k, column=True)} = %s" for k in self.shape.key)
         self._delete_sql = f"DELETE FROM {qa(self.table)} WHERE {where}"
 
     async def _converters(self, cur: Any, schema: str, name: str, types: dict[str, Any]) -> list[Converter]:

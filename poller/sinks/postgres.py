@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 
 from poller import dsn as dsn_rules
-from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.rows import RowShape
 from poller.sinks import ddl, errors
 from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import column_converter
@@ -85,8 +85,8 @@ def qc(name: str) -> str:
 class PostgresSink(SqlSink):
     kind = "postgres"
 
-    def __init__(self, dsn: str, mapper: Mapper, table: str, pool_size: int = 2, **kw: Any):
-        super().__init__(mapper, table, **kw)
+    def __init__(self, dsn: str, shape: RowShape, table: str, pool_size: int = 2, **kw: Any):
+        super().__init__(shape, table, **kw)
         # asyncpg parses a DSN with urllib, which splits a password at `#`, `/` or `?` and
         # echoes the pieces in its errors: it gets the DSN without one, and the password apart.
         parsed = dsn_rules.parse(dsn)
@@ -122,7 +122,7 @@ class PostgresSink(SqlSink):
                     f"CREATE INDEX IF NOT EXISTS poller_processed_at "
                     f"ON {q(self.processed_table)} (processed_at)"
                 )
-                if self.mapper.append and self.table:
+                if self.shape.append and self.table:
                     await conn.execute(ddl.append_table(ddl.POSTGRES, q(self.table)))
             if self.table:  # else bookkeeping only
                 await self._describe(conn)
@@ -175,16 +175,16 @@ class PostgresSink(SqlSink):
             f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} ({', '.join(stage_cols)}) ON COMMIT DELETE ROWS"
         )
         cols = ", ".join(qc(c) for c in self.columns)
-        keys = ", ".join(qc(k) for k in self.mapper.key)
-        updates = [f"{qc(c)} = EXCLUDED.{qc(c)}" for c in self.columns if c not in self.mapper.key]
-        action = "DO NOTHING" if self.mapper.append or not updates else "DO UPDATE SET " + ", ".join(updates)
+        keys = ", ".join(qc(k) for k in self.shape.key)
+        updates = [f"{qc(c)} = EXCLUDED.{qc(c)}" for c in self.columns if c not in self.shape.key]
+        action = "DO NOTHING" if self.shape.append or not updates else "DO UPDATE SET " + ", ".join(updates)
         self._upsert_sql = (
             f"INSERT INTO {q(self.table)} ({cols}) SELECT {', '.join(select_cols)} FROM {self._stage} "
             f"ON CONFLICT ({keys}) {action}"
         )
-        where = " AND ".join(f"{qc(k)} = ${i + 1}" for i, k in enumerate(self.mapper.key))
+        where = " AND ".join(f"{qc(k)} = ${i + 1}" for i, k in enumerate(self.shape.key))
         self._delete_sql = f"DELETE FROM {q(self.table)} WHERE {where}"
-        self._key_types = [types[k][1] for k in self.mapper.key]
+        self._key_types = [types[k][1] for k in self.shape.key]
 
     async def _init_conn(self, conn: asyncpg.Connection) -> None:
         if self._stage_ddl:

@@ -13,8 +13,8 @@ from typing import Any
 
 import aiosqlite
 
-from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.rows import RowShape
 from poller.sinks import ddl, errors
 from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import column_converter
@@ -91,8 +91,8 @@ def _plain(v: Any) -> Any:
 class SqliteSink(SqlSink):
     kind = "sqlite"
 
-    def __init__(self, dsn: str, mapper: Mapper, table: str, **kw: Any):
-        super().__init__(mapper, table, **kw)
+    def __init__(self, dsn: str, shape: RowShape, table: str, **kw: Any):
+        super().__init__(shape, table, **kw)
         self.path = sqlite_path(dsn)
         self.db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -114,7 +114,7 @@ class SqliteSink(SqlSink):
                 await self.db.execute(stmt)
             if not self.table:
                 return  # bookkeeping only
-            if self.mapper.append:
+            if self.shape.append:
                 await self.db.execute(ddl.append_table(ddl.SQLITE, q(self.table)))
             async with self.db.execute(table_info(self.table)) as cur:
                 types = {r[1]: r[2] for r in await cur.fetchall()}
@@ -130,11 +130,11 @@ class SqliteSink(SqlSink):
         self.converters = [column_converter(sqlite_column(_kind(types[c]))) for c in self.columns]
         cols = ", ".join(qc(c) for c in self.columns)
         ph = ", ".join(["?"] * len(self.columns))
-        keys = ", ".join(qc(k) for k in self.mapper.key)
-        updates = [f"{qc(c)} = excluded.{qc(c)}" for c in self.columns if c not in self.mapper.key]
-        action = "DO NOTHING" if self.mapper.append or not updates else "DO UPDATE SET " + ", ".join(updates)
+        keys = ", ".join(qc(k) for k in self.shape.key)
+        updates = [f"{qc(c)} = excluded.{qc(c)}" for c in self.columns if c not in self.shape.key]
+        action = "DO NOTHING" if self.shape.append or not updates else "DO UPDATE SET " + ", ".join(updates)
         self._upsert_sql = f"INSERT INTO {q(self.table)} ({cols}) VALUES ({ph}) ON CONFLICT ({keys}) {action}"
-        where = " AND ".join(f"{qc(k)} = ?" for k in self.mapper.key)
+        where = " AND ".join(f"{qc(k)} = ?" for k in self.shape.key)
         self._delete_sql = f"DELETE FROM {q(self.table)} WHERE {where}"
 
     async def close(self) -> None:

@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 from poller.config import StreamConfig
-from poller.destinations import Destination
 from poller.processing.pipeline import Preparer
-from poller.sinks.base import Sink
+from poller.sink_api import FailureDestination, Sink
 
 
 class SourceConsumer:
@@ -19,7 +18,7 @@ class SourceConsumer:
         self,
         cfg: StreamConfig,
         sink: Sink,
-        destination: Destination,
+        destination: FailureDestination,
         preparer: Preparer,
         on_source_ready: Callable[[], None],
         on_health: Callable[[bool], None],

@@ -19,7 +19,6 @@ from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code, is_throttling
 from poller.config import SqsSource, StreamConfig
-from poller.destinations import Destination
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.processing.batching import take_batch
@@ -27,7 +26,7 @@ from poller.processing.failures import Decision, FailurePolicy, Unit, count_fail
 from poller.processing.pipeline import Preparer
 from poller.records import SQS, Record, RecordError, TransientError
 from poller.retry import Backoff, retry_until_stopped, sleep_unless
-from poller.sinks.base import MessageWrite, Sink, Transaction
+from poller.sink_api import FailureDestination, MessageWrite, Sink, Transaction
 from poller.sources import fast_parse
 from poller.sources.base import SourceConsumer
 
@@ -110,7 +109,7 @@ class SqsConsumer(SourceConsumer):
         self,
         cfg: StreamConfig,
         sink: Sink,
-        destination: Destination,
+        destination: FailureDestination,
         preparer: Preparer,
         on_source_ready: Callable[[], None],
         on_health: Callable[[bool], None],

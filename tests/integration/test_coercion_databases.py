@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poller.config import StreamConfig
+from poller.processing.pipeline import Preparer
 from poller.records import KINESIS, MappingError, Record
 from poller.sinks.base import SqlSink, Transaction
 from poller.sinks.factory import build_sink
@@ -241,6 +242,7 @@ def test_what_prepare_accepts_commits(database: tuple[str, str]) -> None:
     create_table(kind, dsn)
     sink = build_sink(config(kind, dsn), None)
     assert isinstance(sink, SqlSink)
+    rows = Preparer(config(kind, dsn), sink).rows
     loop = asyncio.new_event_loop()
     loop.run_until_complete(sink.open())
     ids = itertools.count(1)
@@ -251,7 +253,7 @@ def test_what_prepare_accepts_commits(database: tuple[str, str]) -> None:
         for column in COLUMNS[kind]:
             n = next(ids)
             try:
-                prepared = sink.prepare(record(n, {"id": n, column: value}))
+                prepared = rows(record(n, {"id": n, column: value}))
             except MappingError:
                 seen["refused"] += 1
                 continue
@@ -283,6 +285,7 @@ def test_nan_and_infinity_commit_only_where_the_column_holds_them(database: tupl
     create_table(kind, dsn)
     sink = build_sink(config(kind, dsn), None)
     assert isinstance(sink, SqlSink)
+    rows = Preparer(config(kind, dsn), sink).rows
 
     async def run() -> dict[str, bool]:
         await sink.open()
@@ -290,7 +293,7 @@ def test_nan_and_infinity_commit_only_where_the_column_holds_them(database: tupl
             stored = {}
             for n, column in enumerate(COLUMNS[kind], start=1):
                 try:
-                    ops = sink.prepare(record(n, {"id": n, column: math.inf}))
+                    ops = rows(record(n, {"id": n, column: math.inf}))
                 except MappingError:
                     stored[column] = False
                     continue

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from poller.config import StreamConfig
+from poller.processing.pipeline import Preparer
 from poller.records import KINESIS, Checkpoint, Record, TransientError
 from poller.sinks.base import Transaction
 from poller.sinks.factory import build_sink
@@ -48,13 +49,12 @@ async def test_a_password_with_url_characters_connects_as_written(pg_dsn: str) -
     db.execute("postgres", pg_dsn, f"CREATE TABLE {table} (id bigint PRIMARY KEY)")
     cfg = sink_config("postgres", with_password(pg_dsn, PASSWORD), table)
     sink = build_sink(cfg, None)
+    rows = Preparer(cfg, sink).rows
     try:
         await sink.open()
         row = Record(source=KINESIS, stream=table, shard_id="shardId-0", sequence_number="1", data={"id": 7})
         await sink.commit(
-            Transaction(
-                stream=table, ops=sink.prepare(row), checkpoints=[Checkpoint(table, "shardId-0", "1")]
-            )
+            Transaction(stream=table, ops=rows(row), checkpoints=[Checkpoint(table, "shardId-0", "1")])
         )
     finally:
         await sink.close()

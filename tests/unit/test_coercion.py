@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poller.config import StreamConfig
+from poller.processing.pipeline import Preparer
 from poller.records import KINESIS, MappingError, Record
 from poller.sinks.coercion import (
     CONVERTERS,
@@ -532,15 +533,16 @@ async def test_prepare_turns_a_refused_value_into_a_mapping_error(tmp_path: Path
     with sqlite3.connect(tmp_path / "db.sqlite") as conn:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")
     sink = build_sink(cfg, None)
+    rows = Preparer(cfg, sink).rows
     await sink.open()
     try:
 
         def record(data: Any) -> Record:
             return Record(source=KINESIS, stream="s", shard_id="shardId-0", sequence_number="1", data=data)
 
-        assert [op.values for op in sink.prepare(record({"id": 1, "n": "1e3"}))] == [(1, 1000)]
+        assert [op.values for op in rows(record({"id": 1, "n": "1e3"}))] == [(1, 1000)]
         for bad in ("1e1000000", 2**70, "abc", [1], math.inf):
             with pytest.raises(MappingError, match="column 'n'"):
-                sink.prepare(record({"id": 1, "n": bad}))
+                rows(record({"id": 1, "n": bad}))
     finally:
         await sink.close()

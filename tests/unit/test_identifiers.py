@@ -15,6 +15,7 @@ import pytest
 
 from poller.config import StreamConfig
 from poller.processing.mapping import RowOp
+from poller.processing.pipeline import Preparer
 from poller.records import KINESIS, Checkpoint, Failure, Record
 from poller.sinks import ddl
 from poller.sinks.base import Transaction
@@ -96,6 +97,7 @@ async def test_dots_and_percent_signs_in_names_reach_the_database(
         }
     )
     sink = build_sink(cfg, failures_table_of(cfg, True))
+    mapped = Preparer(cfg, sink).rows
     now = time.time()
     try:
         await sink.open()
@@ -104,7 +106,7 @@ async def test_dots_and_percent_signs_in_names_reach_the_database(
         await sink.commit(
             Transaction(
                 stream=cfg.name,
-                ops=[op for r in good for op in sink.prepare(r)],
+                ops=[op for r in good for op in mapped(r)],
                 checkpoints=[Checkpoint(cfg.name, "shardId-000", "3")],
                 failures=[Failure(bad, "decode_error", "DecodeError", "not JSON", 1, now, now)],
             )

@@ -25,9 +25,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from poller.processing.failures import Unit
-from poller.processing.mapping import RowOp
-from poller.records import Checkpoint, Position, ShardState
-from poller.sinks.base import Failure, Transaction
+from poller.records import Checkpoint, Failure, Position, ShardState
+from poller.rows import RowOp
+from poller.sink_api import Transaction
 from poller.sources.shards.api import ShardInfo
 from poller.sources.shards.positions import PrefixTracker, lane_checkpoint_id
 

@@ -22,12 +22,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from poller.config import StreamConfig
-from poller.destinations import Destination
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.processing.pipeline import Preparer
 from poller.records import Checkpoint, Position, TransientError
-from poller.sinks.base import Sink, Transaction
+from poller.sink_api import FailureDestination, Sink, Transaction
 from poller.sources.shards.api import (
     AT_SEQUENCE_NUMBER,
     AT_TIMESTAMP,
@@ -68,7 +67,7 @@ class ShardFleet:
         opts: ShardOptions,
         cfg: StreamConfig,
         sink: Sink,
-        destination: Destination,
+        destination: FailureDestination,
         preparer: Preparer,
         on_source_ready: Callable[[], None],
         on_health: Callable[[bool], None],

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 import structlog
 
 from poller.config import StreamConfig
-from poller.destinations import Destination
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.processing.batching import take_batch
 from poller.processing.failures import Decision, FailurePolicy, Unit, count_failures
 from poller.processing.pipeline import Preparer
 from poller.records import Position, Record, RecordError, seq_int
-from poller.sinks.base import Sink
+from poller.sink_api import FailureDestination, Sink
 from poller.sources.shards.api import ShardApi, ShardInfo
 from poller.sources.shards.checkpointer import LaneCheckpointer, ShardProgress
 from poller.sources.shards.options import ShardOptions
@@ -51,7 +50,7 @@ class StreamParts:
     api: ShardApi
     opts: ShardOptions
     sink: Sink
-    destination: Destination
+    destination: FailureDestination
     preparer: Preparer
     publisher: Callable[[ShardInfo], RecordsPublisher]
     on_health: Callable[[bool], None]

@@ -43,7 +43,7 @@ from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Checkpoint, Position, Record, ShardState
 from poller.retry import AnyOf, StopSignal
-from poller.sinks.base import Transaction
+from poller.sink_api import Transaction
 from poller.sources.shards.api import (
     AFTER_SEQUENCE_NUMBER,
     ReadResult,
