@@ -1,4 +1,4 @@
-"""`poller run | check | schema | demo`.
+"""`poller run | check | schema | demo`, and the operator commands (`poller.operator`).
 
 Nothing the user gave is echoed unredacted (`poller.redaction`), and a stream
 file, however broken, ends `check` and `run` with exit 2 and one line per
@@ -14,6 +14,9 @@ import os
 import sys
 
 from poller.config import ConfigError, StreamConfig, json_schema, load_path
+from poller.operator.cli import COMMANDS as OPERATOR_COMMANDS
+from poller.operator.cli import add_parsers as add_operator_commands
+from poller.operator.cli import run as run_operator_command
 from poller.redaction import redact
 
 
@@ -52,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON schema of a stream file")
 
+    esm = sub.add_parser(
+        "import-esm", help="Lambda event source mappings (get-event-source-mapping JSON) as stream files"
+    )
+    esm.add_argument("esm", metavar="ESM.json", help="a mapping's JSON, or a listing of several; - for stdin")
+    esm.add_argument("--dsn", help="write rows to this database instead of invoking the function")
+    esm.add_argument("--table", help="the table those rows go to (with --dsn)")
+    esm.add_argument("--out", help="folder for the files (default: stdout for one mapping, . for several)")
+
+    add_operator_commands(sub)
+
     demo = sub.add_parser("demo", help="run on embedded defaults: a local AWS emulator and SQLite")
     demo.add_argument("--db", default="demo.sqlite", help="SQLite file the rows go to")
     demo.add_argument("--messages", type=int, default=200, help="sample messages to send")
@@ -80,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
+    if args.command in OPERATOR_COMMANDS:
+        return run_operator_command(args)
+    if args.command == "import-esm":
+        from poller.esm_import import run
+
+        return run(args.esm, args.dsn, args.table, args.out)
     if args.command == "check":
         streams = _load(args.config)
         if streams is None:

@@ -263,13 +263,31 @@ def _checkpoint_dsn(v: str) -> str:
     return v
 
 
-class DatabaseSink(Strict):
+_STORE_NAMES = {"postgres": "PostgreSQL", "mysql": "MySQL", "sqlite": "SQLite"}
+
+
+def _sink_dsn(v: str, sink_type: str, check: Any) -> str:
+    """`check(v)`, whose refusal also says when the DSN is of another database than
+    the sink's (a `postgresql://` DSN on a `mysql` sink), naming both by kind only."""
+    try:
+        return str(check(v))
+    except ValueError as e:
+        other = dsn_rules.kind(v) if dsn_rules.scheme_of(v) else None
+        if other is None or other == sink_type:
+            raise
+        name = _STORE_NAMES[other]
+        raise ValueError(
+            f"{e} — this is a {name} DSN on a {sink_type} sink (for {name}, set `type: {other}`)"
+        ) from None
+
+
+class DatabaseSinkConfig(Strict):
     # Longest table or column name the database keeps (PostgreSQL truncates silently).
     _name_limits: ClassVar[dict[str, int]] = {}
 
     dsn: str = Field(..., min_length=1)
     table: str = Field(..., min_length=1)
-    key: list[str] = Field(default_factory=list)
+    key: list[str] = Field(default_factory=list, description="Upsert key: a column name, or a list of them.")
     columns: dict[str, str] | None = Field(
         None, description="Column → JMESPath over the normalized record. Absent: append mode."
     )
@@ -280,7 +298,7 @@ class DatabaseSink(Strict):
     pool_size: int = Field(2, ge=1, le=50)
 
     @model_validator(mode="after")
-    def _keyed(self) -> DatabaseSink:
+    def _keyed(self) -> DatabaseSinkConfig:
         if self.columns is not None:
             if not self.columns:
                 raise ValueError("`columns` must map at least one column")
@@ -318,6 +336,11 @@ class DatabaseSink(Strict):
             _identifier(column, table=False, **cls._name_limits)
         return v
 
+    @field_validator("key", mode="before", json_schema_input_type=str | list[str])
+    @classmethod
+    def _one_key(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
     @field_validator("key")
     @classmethod
     def _key_names(cls, v: list[str]) -> list[str]:
@@ -331,39 +354,43 @@ class DatabaseSink(Strict):
         return None if v is None else _identifier(v, table=False, **cls._name_limits)
 
 
-class PostgresSink(DatabaseSink):
+class PostgresSinkConfig(DatabaseSinkConfig):
     type: Literal["postgres"]
     _name_limits: ClassVar[dict[str, int]] = {"max_bytes": 63}
 
     @field_validator("dsn")
     @classmethod
     def _postgres_dsn(cls, v: str) -> str:
-        return _server_dsn(v, dsn_rules.POSTGRES_SCHEMES)
+        return _sink_dsn(v, "postgres", lambda d: _server_dsn(d, dsn_rules.POSTGRES_SCHEMES))
 
 
-class MysqlSink(DatabaseSink):
+class MysqlSinkConfig(DatabaseSinkConfig):
     type: Literal["mysql"]
     _name_limits: ClassVar[dict[str, int]] = {"max_chars": 64}
 
     @field_validator("dsn")
     @classmethod
     def _mysql_dsn(cls, v: str) -> str:
-        return _server_dsn(v, (*dsn_rules.MYSQL_SCHEMES, "mysql+aiomysql"), 3306)
+        schemes = (*dsn_rules.MYSQL_SCHEMES, "mysql+aiomysql")
+        return _sink_dsn(v, "mysql", lambda d: _server_dsn(d, schemes, 3306))
 
 
-class SqliteSink(DatabaseSink):
+class SqliteSinkConfig(DatabaseSinkConfig):
     type: Literal["sqlite"]
     dsn: str = Field(..., min_length=1, description="File path, or sqlite:///path.")
 
     @field_validator("dsn")
     @classmethod
     def _sqlite_dsn(cls, v: str) -> str:
-        if dsn_rules.kind(v) != "sqlite":
-            raise ValueError("not a SQLite database: give a file path, sqlite:///path or file:path")
-        return v
+        def check(d: str) -> str:
+            if dsn_rules.kind(d) != "sqlite":
+                raise ValueError("not a SQLite database: give a file path, sqlite:///path or file:path")
+            return d
+
+        return _sink_dsn(v, "sqlite", check)
 
 
-class HandlerSink(Strict):
+class HandlerSinkConfig(Strict):
     type: Literal["handler"]
     handler: str = Field(..., pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     timeout_seconds: float = Field(60, gt=0, le=900)
@@ -393,7 +420,7 @@ class HandlerSink(Strict):
         return _checkpoint_dsn(v)
 
 
-class LambdaSink(AwsEndpoint):
+class LambdaSinkConfig(AwsEndpoint):
     type: Literal["lambda"]
     function: str = Field(..., min_length=1, description="Function name, name:alias, or ARN.")
     checkpoint_dsn: str = "poller-checkpoints.sqlite"
@@ -412,7 +439,8 @@ class LambdaSink(AwsEndpoint):
 
 
 SinkConfig = Annotated[
-    PostgresSink | MysqlSink | SqliteSink | HandlerSink | LambdaSink, Field(discriminator="type")
+    PostgresSinkConfig | MysqlSinkConfig | SqliteSinkConfig | HandlerSinkConfig | LambdaSinkConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -424,7 +452,12 @@ class StreamConfig(Strict):
     decode: DecoderName | list[DecoderName] = "json"
     limits: LimitsConfig = LimitsConfig()
     retry: RetryConfig = RetryConfig()
-    on_failure: OnFailure | None = None
+    on_failure: OnFailure | None = Field(
+        None,
+        description="Where records go that keep failing. Absent: on Kinesis and DynamoDB, the table "
+        "poller_failures (in the sink's database; for handler and lambda sinks, in the checkpoint "
+        "store); on SQS, back to the queue, whose redrive policy decides.",
+    )
     sink: SinkConfig
 
     @property
@@ -450,20 +483,6 @@ class StreamConfig(Strict):
 
         compile_patterns(v)
         return v
-
-    @model_validator(mode="after")
-    def _cross(self) -> StreamConfig:
-        user_code = isinstance(self.sink, HandlerSink | LambdaSink)
-        if isinstance(self.on_failure, TableDestination) and user_code:
-            raise ValueError("on_failure type `table` needs a database sink; use sqs or file")
-        if user_code and self.on_failure is None and not isinstance(self.source, SqsSource):
-            # A stream has no redrive policy to fall back on: without a destination
-            # a record that keeps failing would be skipped with only a log line.
-            raise ValueError(
-                f"on_failure is required with a {self.sink.type} sink on a {self.source.type} source: "
-                "give {type: sqs, queue_url: ...} or {type: file, path: ...}"
-            )
-        return self
 
 
 # --------------------------------------------------------------------------- loading
@@ -654,3 +673,12 @@ def load_path(path: str | Path, env: dict[str, str] | None = None) -> list[Strea
 
 def json_schema() -> dict[str, Any]:
     return StreamConfig.model_json_schema()
+
+
+# Names from before the rename to `...Config` (kept so older imports work).
+DatabaseSink = DatabaseSinkConfig
+PostgresSink = PostgresSinkConfig
+MysqlSink = MysqlSinkConfig
+SqliteSink = SqliteSinkConfig
+HandlerSink = HandlerSinkConfig
+LambdaSink = LambdaSinkConfig

@@ -5,18 +5,26 @@ configured, so a bad pattern fails at startup (as `CreateEventSourceMapping`
 would) and matching per record never re-reads the pattern. Match against
 `poller.events.filter_view(record)`.
 
-Semantics, where Lambda's docs defer to EventBridge:
+Semantics are those of AWS's own engine (event-ruler), where Lambda's docs
+defer to EventBridge:
 
 - Every field a pattern names must match (AND); values in a rule list are ORed;
-  `$or` ORs whole sub-patterns; up to 10 patterns, ORed.
-- Exact matching compares strings character by character and numbers by their
-  JSON text (`300` does not equal `300.0`); `true`, `1` and `"1"` all differ.
+  `$or` ORs whole sub-patterns (at least two); up to 10 patterns, ORed.
+- A dotted key is a path, in the pattern and in the event alike:
+  `{"state.status": [...]}` is `{"state": {"status": [...]}}`, and an event field
+  named `state.status` is found by either. Two rules for one path: the later wins.
+- Exact matching compares strings character by character and numbers by value
+  (`300` matches `300.0` and `3e2`); `true`, `1` and `"1"` all differ.
 - A rule list tests leaf values. When the event holds an array there, the rule
   matches if any element matches. An object is not a leaf: `exists: true` on a
   field holding an object is false and `exists: false` is true (so on DynamoDB
   images test `{"S": [{"exists": true}]}`, not the attribute itself).
 - `numeric` matches JSON numbers only (DynamoDB `N` values are strings and
-  never match it).
+  never match it); a range is written lower bound first, and its lower bound
+  must be below its upper one.
+- `anything-but` takes strings or numbers (not both in one list), or one of
+  `prefix`, `suffix`, `equals-ignore-case` with a string or a list of them; an
+  empty prefix or suffix there is refused.
 - A nested pattern object needs an object (or an array of objects) in the
   event, or nothing there at all. A present non-object value fails it even
   when the sub-pattern only says `exists: false`: this is how Lambda drops an
@@ -35,6 +43,7 @@ MAX_PATTERNS: Final = 10
 
 _MISSING: Final = object()
 _NO_FIELDS: Final[dict[str, Any]] = {}
+_OR: Final = "$or"
 
 Test = Callable[[object], bool]
 
@@ -52,7 +61,8 @@ class Matcher:
         if not self._patterns:
             return True
         for pattern in self._patterns:
-            if pattern.match(view):
+            # The view's own top-level names have no dots: no path to unfold there.
+            if pattern.match_fields(view):
                 return True
         return False
 
@@ -95,22 +105,23 @@ class _ObjectRule:
 
     def match(self, value: object) -> bool:
         if isinstance(value, dict):
-            obj: dict[str, Any] = value
-        elif value is _MISSING:
-            obj = _NO_FIELDS
-        elif isinstance(value, list):
+            return self.match_fields(_unfold(value) if _has_dotted_key(value) else value)
+        if value is _MISSING:
+            return self.match_fields(_NO_FIELDS)
+        if isinstance(value, list):
             for item in value:
                 if self.match(item):
                     return True
-            return False
-        else:
-            return False
+        return False
+
+    def match_fields(self, obj: dict[str, Any]) -> bool:
+        """Match an object whose dotted keys are already unfolded (or that has none)."""
         for key, rule in self._fields:
             if not rule.match(obj.get(key, _MISSING)):
                 return False
         for group in self._alternatives:
             for alternative in group:
-                if alternative.match(obj):
+                if alternative.match_fields(obj):
                     break
             else:
                 return False
@@ -171,19 +182,55 @@ def _leaves(values: list[Any]) -> Iterator[object]:
 
 
 def _exact_key(value: object) -> tuple[str, object]:
-    """Equality key for non-string leaves: numbers by JSON text, and no bool == int."""
+    """Equality key for non-string leaves: numbers by value (Python's int and float
+    hash and compare exactly, as AWS compares numbers), and no bool == int."""
     if value is None:
         return ("null", None)
     if isinstance(value, bool):
         return ("bool", value)
     if isinstance(value, int | float):
-        return ("number", repr(value))
+        return ("number", value)
     return ("other", repr(value))
+
+
+# -- dotted keys in the event ---------------------------------------------------------
+
+
+def _has_dotted_key(obj: dict[str, Any]) -> bool:
+    for key in obj:
+        if "." in key:
+            return True
+    return False
+
+
+def _unfold(obj: dict[str, Any]) -> dict[str, Any]:
+    """`{"a.b": 1, "a": {"c": 2}}` as `{"a": {"b": 1, "c": 2}}`, one level (deeper
+    objects are unfolded when a rule reaches them). Two values for one path become
+    an array of both, as AWS sees several values at one path. `obj` is not changed."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            for part in reversed(rest.split(".")):
+                value = {part: value}
+        out[head] = _merge(out[head], value) if head in out else value
+    return out
+
+
+def _merge(a: Any, b: Any) -> Any:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = _merge(out[key], value) if key in out else value
+        return out
+    return [*(a if isinstance(a, list) else [a]), *(b if isinstance(b, list) else [b])]
 
 
 # -- compilation -------------------------------------------------------------------
 
 Path = tuple[str | int, ...]
+# A field of a pattern object as written: its key split at dots, its value, where it is.
+_Entry = tuple[tuple[str, ...], Any, Path]
 
 
 class _PatternError(Exception):
@@ -212,32 +259,58 @@ def _kind(value: object) -> str:
 
 
 def _compile_object(pattern: dict[str, Any], path: Path) -> _ObjectRule:
+    entries, alternatives = _entries(pattern, path)
+    return _compile_entries(entries, alternatives)
+
+
+def _entries(pattern: dict[str, Any], path: Path) -> tuple[list[_Entry], list[tuple[_ObjectRule, ...]]]:
+    """The fields of one pattern object (validated) and its compiled `$or` groups."""
     if not pattern:
         raise _PatternError(path, "an empty object matches nothing")
-    fields: list[tuple[str, _ObjectRule | _LeafRule]] = []
+    entries: list[_Entry] = []
     alternatives: list[tuple[_ObjectRule, ...]] = []
     for key, value in pattern.items():
         here = (*path, key)
         if not isinstance(key, str):
             raise _PatternError(here, f"field names must be strings, got {_kind(key)}")
-        if key == "$or":
+        if key == _OR:
             alternatives.append(_compile_or(value, here))
-        elif isinstance(value, dict):
-            fields.append((key, _compile_object(value, here)))
-        elif isinstance(value, list):
-            fields.append((key, _compile_leaf(value, here)))
+        elif isinstance(value, dict | list):
+            entries.append((tuple(key.split(".")), value, here))
         else:
             raise _PatternError(
                 here,
                 f"expected a list of rules or a nested object, got {_kind(value)} "
                 "(Lambda rejects a bare value: write [value])",
             )
+    return entries, alternatives
+
+
+def _compile_entries(entries: list[_Entry], alternatives: list[tuple[_ObjectRule, ...]]) -> _ObjectRule:
+    """Group fields by their first path step: `a.b` and `a: {b: ...}` meet under `a`."""
+    leaves: dict[str, _LeafRule] = {}
+    nested: dict[str, tuple[list[_Entry], list[tuple[_ObjectRule, ...]]]] = {}
+    for steps, value, here in entries:
+        head, rest = steps[0], steps[1:]
+        if not rest and isinstance(value, list):
+            leaves[head] = _compile_leaf(value, here)  # compiled even when overridden: still checked
+            continue
+        inner_entries, inner_alternatives = nested.setdefault(head, ([], []))
+        if rest:
+            inner_entries.append((rest, value, here))
+        else:
+            more, groups = _entries(value, here)
+            inner_entries.extend(more)
+            inner_alternatives.extend(groups)
+    fields: list[tuple[str, _ObjectRule | _LeafRule]] = list(leaves.items())
+    for head, (inner_entries, inner_alternatives) in nested.items():
+        fields.append((head, _compile_entries(inner_entries, inner_alternatives)))
     return _ObjectRule(tuple(fields), tuple(alternatives))
 
 
 def _compile_or(value: Any, path: Path) -> tuple[_ObjectRule, ...]:
-    if not isinstance(value, list) or not value:
-        raise _PatternError(path, "$or takes a non-empty list of pattern objects")
+    if not isinstance(value, list) or len(value) < 2:
+        raise _PatternError(path, "$or takes a list of at least two pattern objects")
     out = []
     for i, sub in enumerate(value):
         if not isinstance(sub, dict):
@@ -295,6 +368,29 @@ def _is_number(value: object) -> bool:
     return type(value) is int or (type(value) is float and math.isfinite(value))
 
 
+def _double(value: object) -> float | None:
+    """The number as AWS compares it: a double, or None when it is no number or
+    has no exact double (an int beyond 2**53 that a double would round)."""
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        try:
+            x = float(value)
+        except OverflowError:
+            return None
+        return x if x == value else None
+    return None
+
+
+def _comparable(value: Any, path: Path) -> float:
+    if not _is_number(value):
+        raise _PatternError(path, f"expected a number, got {_kind(value)}")
+    x = _double(value)
+    if x is None:
+        raise _PatternError(path, f"{value!r} has no exact 64-bit float value: AWS cannot compare it")
+    return x
+
+
 def _compile_operator(op: str, arg: Any, path: Path) -> Test:
     if op == "prefix":
         return _string_test(arg, path, str.startswith)
@@ -329,6 +425,21 @@ def _string_test(arg: Any, path: Path, check: Callable[[str, str], bool]) -> Tes
     return lambda v: type(v) is str and check(v, text)
 
 
+def _strings(arg: Any, path: Path, *, empty_ok: bool = True) -> frozenset[str]:
+    """A string or a non-empty list of strings (anything-but's prefix, suffix, equals-ignore-case)."""
+    values = arg if isinstance(arg, list) else [arg]
+    if not values:
+        raise _PatternError(path, "an empty list excludes nothing")
+    out = set()
+    for i, value in enumerate(values):
+        here = (*path, i) if isinstance(arg, list) else path
+        text = _string_arg(value, here)
+        if not text and not empty_ok:
+            raise _PatternError(here, "an empty string is not allowed here (it would exclude every string)")
+        out.add(text)
+    return frozenset(out)
+
+
 def _anything_but(arg: Any, path: Path) -> Test:
     """The test anything-but negates: listed values, or a prefix/suffix/ignore-case match."""
     if isinstance(arg, dict):
@@ -337,16 +448,13 @@ def _anything_but(arg: Any, path: Path) -> Test:
         ((op, inner),) = arg.items()
         here = (*path, op)
         if op == "prefix":
-            prefix = _string_arg(inner, here)
-            return lambda v: type(v) is str and v.startswith(prefix)
+            prefixes = tuple(_strings(inner, here, empty_ok=False))
+            return lambda v: type(v) is str and v.startswith(prefixes)
         if op == "suffix":
-            suffix = _string_arg(inner, here)
-            return lambda v: type(v) is str and v.endswith(suffix)
+            suffixes = tuple(_strings(inner, here, empty_ok=False))
+            return lambda v: type(v) is str and v.endswith(suffixes)
         if op == "equals-ignore-case":
-            values = inner if isinstance(inner, list) else [inner]
-            if not values:
-                raise _PatternError(here, "an empty list excludes nothing")
-            folded = frozenset(_string_arg(s, (*here, i)).casefold() for i, s in enumerate(values))
+            folded = frozenset(s.casefold() for s in _strings(inner, here))
             return lambda v: type(v) is str and v.casefold() in folded
         raise _PatternError(here, "anything-but takes values or one of prefix, suffix, equals-ignore-case")
     values = arg if isinstance(arg, list) else [arg]
@@ -355,15 +463,15 @@ def _anything_but(arg: Any, path: Path) -> Test:
     strings: set[str] = set()
     numbers: set[tuple[str, object]] = set()
     for i, value in enumerate(values):
+        here = (*path, i) if isinstance(arg, list) else path
         if isinstance(value, str):
             strings.add(value)
         elif _is_number(value):
-            numbers.add(_exact_key(value))
+            numbers.add(_exact_key(_comparable(value, here)))
         else:
-            raise _PatternError(
-                (*path, i) if isinstance(arg, list) else path,
-                f"anything-but takes strings or numbers, got {_kind(value)}",
-            )
+            raise _PatternError(here, f"anything-but takes strings or numbers, got {_kind(value)}")
+        if strings and numbers:
+            raise _PatternError(here, "anything-but takes strings or numbers, not both in one list")
 
     def excluded(v: object) -> bool:
         if type(v) is str:
@@ -375,45 +483,41 @@ def _anything_but(arg: Any, path: Path) -> Test:
 
 _LOWER: Final = {">": False, ">=": True}  # operator -> inclusive
 _UPPER: Final = {"<": False, "<=": True}
+_NUMERIC_FORMS: Final = (
+    'expected [op, number] or [lower-op, number, upper-op, number], e.g. [">", 0, "<=", 5]'
+)
 
 
 def _numeric_test(arg: Any, path: Path) -> Test:
-    """`["=", n]`, one bound, or one lower and one upper bound (any order)."""
+    """`["=", n]`, one bound, or a lower bound then an upper bound."""
     if not isinstance(arg, list) or len(arg) not in (2, 4):
-        raise _PatternError(path, 'expected [op, number] or [op, number, op, number], e.g. [">", 0, "<=", 5]')
-    lower: tuple[float, bool] | None = None
-    upper: tuple[float, bool] | None = None
-    equal: float | None = None
-    for i in range(0, len(arg), 2):
-        op, number = arg[i], arg[i + 1]
-        if not _is_number(number):
-            raise _PatternError((*path, i + 1), f"expected a number, got {_kind(number)}")
+        raise _PatternError(path, _NUMERIC_FORMS)
+    op = arg[0]
+    number = _comparable(arg[1], (*path, 1))
+    if not isinstance(op, str) or op not in ("=", *_LOWER, *_UPPER):
+        raise _PatternError((*path, 0), f"unknown comparison {op!r}; expected =, <, <=, > or >=")
+    if len(arg) == 2:
         if op == "=":
-            if len(arg) != 2:
-                raise _PatternError((*path, i), '"=" cannot be combined with a range')
-            equal = float(number)
-        elif isinstance(op, str) and op in _LOWER:
-            if lower is not None:
-                raise _PatternError((*path, i), "two lower bounds")
-            lower = (float(number), _LOWER[op])
-        elif isinstance(op, str) and op in _UPPER:
-            if upper is not None:
-                raise _PatternError((*path, i), "two upper bounds")
-            upper = (float(number), _UPPER[op])
-        else:
-            raise _PatternError((*path, i), f"unknown comparison {op!r}; expected =, <, <=, > or >=")
-    if lower is not None and upper is not None:
-        (lo, lo_incl), (hi, hi_incl) = lower, upper
-        if lo > hi or (lo == hi and not (lo_incl and hi_incl)):
-            raise _PatternError(path, "the range is empty")
-    return _numeric(equal, lower, upper)
+            return _numeric(number, None, None)
+        if op in _LOWER:
+            return _numeric(None, (number, _LOWER[op]), None)
+        return _numeric(None, None, (number, _UPPER[op]))
+    if op not in _LOWER:
+        raise _PatternError((*path, 0), f"a range starts with its lower bound (> or >=), got {op!r}")
+    top_op = arg[2]
+    if not isinstance(top_op, str) or top_op not in _UPPER:
+        raise _PatternError((*path, 2), f"a range ends with its upper bound (< or <=), got {top_op!r}")
+    top = _comparable(arg[3], (*path, 3))
+    if number >= top:
+        raise _PatternError(path, "the range is empty: its lower bound must be below its upper bound")
+    return _numeric(None, (number, _LOWER[op]), (top, _UPPER[top_op]))
 
 
 def _numeric(equal: float | None, lower: tuple[float, bool] | None, upper: tuple[float, bool] | None) -> Test:
     def test(v: object) -> bool:
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        x = _double(v)
+        if x is None:
             return False
-        x = float(v)
         if equal is not None:
             return x == equal
         if lower is not None and not (x >= lower[0] if lower[1] else x > lower[0]):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from poller.config import DatabaseSink, StreamConfig
+from poller.config import DatabaseSinkConfig, StreamConfig
 from poller.events import filter_view
 from poller.observability import metrics
 from poller.processing.decoders import Decoder, build_decoder
@@ -50,7 +50,7 @@ class Preparer:
         s = cfg.sink
         self.mapper: Mapper | None = (
             Mapper(s.columns, s.key, s.on_delete, s.soft_delete_column)
-            if isinstance(s, DatabaseSink)
+            if isinstance(s, DatabaseSinkConfig)
             else None
         )
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from poller import dsn as dsn_rules
-from poller.config import HandlerSink as HandlerCfg
-from poller.config import LambdaSink as LambdaCfg
-from poller.config import MysqlSink as MysqlCfg
-from poller.config import PostgresSink as PostgresCfg
-from poller.config import SqliteSink as SqliteCfg
-from poller.config import StreamConfig, TableDestination
+from poller.config import (
+    HandlerSinkConfig,
+    LambdaSinkConfig,
+    MysqlSinkConfig,
+    PostgresSinkConfig,
+    SqliteSinkConfig,
+    StreamConfig,
+    TableDestination,
+)
 from poller.rows import TableShape
 from poller.sink_api import Sink
 from poller.sinks.base import SqlSink
@@ -16,25 +19,25 @@ from poller.sinks.base import SqlSink
 
 def build_sink(cfg: StreamConfig, failures_table: str | None) -> Sink:
     s = cfg.sink
-    if isinstance(s, PostgresCfg | MysqlCfg | SqliteCfg):
+    if isinstance(s, PostgresSinkConfig | MysqlSinkConfig | SqliteSinkConfig):
         shape = TableShape.of(s.columns, s.key, s.on_delete, s.soft_delete_column)
         kw = {"failures_table": failures_table}
-        if isinstance(s, PostgresCfg):
+        if isinstance(s, PostgresSinkConfig):
             from poller.sinks.postgres import PostgresSink
 
             return PostgresSink(s.dsn, shape, s.table, pool_size=s.pool_size, **kw)
-        if isinstance(s, MysqlCfg):
+        if isinstance(s, MysqlSinkConfig):
             from poller.sinks.mysql import MysqlSink
 
             return MysqlSink(s.dsn, shape, s.table, pool_size=s.pool_size, **kw)
         from poller.sinks.sqlite import SqliteSink
 
         return SqliteSink(s.dsn, shape, s.table, **kw)
-    if isinstance(s, HandlerCfg):
+    if isinstance(s, HandlerSinkConfig):
         from poller.sinks.handler import HandlerSink
 
         return HandlerSink(s, cfg.name, failures_table=failures_table)
-    if isinstance(s, LambdaCfg):
+    if isinstance(s, LambdaSinkConfig):
         from poller.sinks.lambda_sink import LambdaSink
 
         return LambdaSink(s, cfg.name, failures_table=failures_table)

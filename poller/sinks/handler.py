@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from poller.config import HandlerSink as HandlerCfg
+from poller.config import HandlerSinkConfig
 from poller.context import LambdaContext, function_arn, log_stream_name
 from poller.events import lambda_event
 from poller.observability.logging import get_logger
@@ -227,7 +227,7 @@ class HandlerSink(EventSink):
 
     kind = "handler"
 
-    def __init__(self, cfg: HandlerCfg, stream: str, failures_table: str | None = None):
+    def __init__(self, cfg: HandlerSinkConfig, stream: str, failures_table: str | None = None):
         super().__init__(cfg.checkpoint_dsn, cfg.report_batch_item_failures, failures_table)
         self.cfg = cfg
         self.stream = stream

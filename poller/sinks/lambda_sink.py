@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code, is_throttling
-from poller.config import LambdaSink as LambdaCfg
+from poller.config import LambdaSinkConfig
 from poller.events import lambda_record
 from poller.observability import metrics
 from poller.observability.logging import get_logger
@@ -75,8 +75,8 @@ def split_event(records: list[Record], limit: int = MAX_PAYLOAD_BYTES) -> list[t
 class LambdaSink(EventSink):
     kind = "lambda"
 
-    def __init__(self, cfg: LambdaCfg, stream: str):
-        super().__init__(cfg.checkpoint_dsn, cfg.report_batch_item_failures)
+    def __init__(self, cfg: LambdaSinkConfig, stream: str, failures_table: str | None = None):
+        super().__init__(cfg.checkpoint_dsn, cfg.report_batch_item_failures, failures_table)
         self.cfg = cfg
         self.stream = stream
         self._stack: AsyncExitStack | None = None

@@ -20,7 +20,7 @@ from typing import Any
 
 import jmespath
 
-from poller.config import ConfigError, DatabaseSink, StreamConfig
+from poller.config import ConfigError, DatabaseSinkConfig, StreamConfig
 
 __all__ = ["VIEW_TYPES", "ViewTypeMismatch", "check_view_type", "view_type_problems"]
 
@@ -69,7 +69,7 @@ def view_type_problems(
     events = events_passed(cfg.filters)
     problems = _filter_problems(cfg.filters, images, view_type)
     sink = cfg.sink
-    if isinstance(sink, DatabaseSink) and sink.columns is not None:
+    if isinstance(sink, DatabaseSinkConfig) and sink.columns is not None:
         problems += _column_problems(sink, images, view_type, events, key_attributes)
     return problems
 
@@ -107,7 +107,7 @@ def _filter_problems(filters: list[dict[str, Any]], images: frozenset[str], view
 
 
 def _column_problems(
-    sink: DatabaseSink,
+    sink: DatabaseSinkConfig,
     images: frozenset[str],
     view_type: str,
     events: set[str],

@@ -7,6 +7,11 @@ pattern under `body`) and DynamoDB (typed `NewImage`, pattern under
 DynamoDB expectations marked below were validated against AWS by LocalStack's
 test suite (tests/aws/services/lambda_/event_source_mapping/
 test_lambda_integration_dynamodbstreams.py::test_dynamodb_event_filter).
+
+The last part runs each difference between a plain reading of the docs and
+AWS's own engine (dotted keys, anything-but lists, numbers by value, range
+order, JSON numbers in YAML) on patterns read from stream files by the real
+loader.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import base64
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from poller.config import ConfigError, load_path
 from poller.events import filter_view
 from poller.processing.filters import MAX_PATTERNS, compile_patterns
 from poller.records import DYNAMODB, KINESIS, SQS, Record
@@ -378,7 +385,7 @@ def test_arrays_match_if_any_element_matches() -> None:
 def test_exact_numbers_booleans_and_null_are_typed() -> None:
     m = compile_patterns([{"data": {"v": [100]}}])
     assert m.matches(view({"v": 100}))
-    assert not m.matches(view({"v": 100.0}))  # compared as JSON text, like Lambda
+    assert m.matches(view({"v": 100.0}))  # compared by value, as AWS's engine does
     assert not m.matches(view({"v": "100"}))
     b = compile_patterns([{"data": {"v": [True]}}])
     assert b.matches(view({"v": True}))
@@ -394,8 +401,8 @@ def test_numeric_bounds() -> None:
     m = compile_patterns([{"data": {"n": [{"numeric": [">=", 0, "<", 5]}]}}])
     assert [m.matches(view({"n": n})) for n in (-1, 0, 4.99, 5)] == [False, True, True, False]
     assert not m.matches(view({"n": True}))  # booleans are not numbers
-    reversed_order = compile_patterns([{"data": {"n": [{"numeric": ["<=", 5, ">", 0]}]}}])
-    assert reversed_order.matches(view({"n": 5})) and not reversed_order.matches(view({"n": 0}))
+    with pytest.raises(ValueError, match="a range starts with its lower bound"):
+        compile_patterns([{"data": {"n": [{"numeric": ["<=", 5, ">", 0]}]}}])  # AWS refuses upper-first
     single = compile_patterns([{"data": {"n": [{"numeric": ["<", 0]}]}}])
     assert single.matches(view({"n": -0.5})) and not single.matches(view({"n": 0}))
 
@@ -472,9 +479,9 @@ def test_mixed_rules_in_one_list_are_ored() -> None:
         ({"v": [{"numeric": [">"]}]}, r"v\[0\]\.numeric: expected \[op, number\]"),
         ({"v": [{"numeric": "> 5"}]}, r"v\[0\]\.numeric: expected"),
         ({"v": [{"numeric": ["~", 5]}]}, r"v\[0\]\.numeric\[0\]: unknown comparison"),
-        ({"v": [{"numeric": [">", 1, ">", 2]}]}, r"v\[0\]\.numeric\[2\]: two lower bounds"),
-        ({"v": [{"numeric": ["<", 1, "<=", 2]}]}, r"v\[0\]\.numeric\[2\]: two upper bounds"),
-        ({"v": [{"numeric": ["=", 1, "<", 2]}]}, r"v\[0\]\.numeric\[0\]: \"=\" cannot be combined"),
+        ({"v": [{"numeric": [">", 1, ">", 2]}]}, r"v\[0\]\.numeric\[2\]: a range ends with its upper"),
+        ({"v": [{"numeric": ["<", 1, "<=", 2]}]}, r"v\[0\]\.numeric\[0\]: a range starts with its lower"),
+        ({"v": [{"numeric": ["=", 1, "<", 2]}]}, r"v\[0\]\.numeric\[0\]: a range starts with its lower"),
         ({"v": [{"numeric": [">", 5, "<", 1]}]}, r"v\[0\]\.numeric: the range is empty"),
         ({"v": [{"numeric": [">", 5, "<=", 5]}]}, r"v\[0\]\.numeric: the range is empty"),
         ({"v": [{"exists": "yes"}]}, r"v\[0\]\.exists: expected true or false"),
@@ -486,10 +493,10 @@ def test_mixed_rules_in_one_list_are_ored() -> None:
         ),
         ({"v": [["nested"]]}, r"v\[0\]: expected a string, number"),
         ({"v": [float("nan")]}, r"v\[0\]: nan is not a JSON number"),
-        ({"$or": {"a": ["x"]}}, r"\$or: \$or takes a non-empty list"),
-        ({"$or": []}, r"\$or: \$or takes a non-empty list"),
+        ({"$or": {"a": ["x"]}}, r"\$or: \$or takes a list of at least two"),
+        ({"$or": []}, r"\$or: \$or takes a list of at least two"),
         ({"$or": [{"a": ["x"]}, "b"]}, r"\$or\[1\]: expected a pattern object"),
-        ({"$or": [{"a": "x"}]}, r"\$or\[0\]\.a: .*bare value"),
+        ({"$or": [{"a": "x"}, {"b": ["y"]}]}, r"\$or\[0\]\.a: .*bare value"),
     ],
 )
 def test_invalid_patterns(pattern: dict[str, Any], where: str) -> None:
@@ -517,3 +524,226 @@ def test_binary_dynamodb_values_match_as_base64() -> None:
     record = dynamodb_record({"blob": {"B": b"\x00\x01"}})
     expected = base64.b64encode(b"\x00\x01").decode()
     assert matches({"dynamodb": {"NewImage": {"blob": {"B": [expected]}}}}, record)
+
+
+# -- AWS's engine, where it differs from a plain reading of the docs ------------------------
+#
+# Each case is a pattern as a user pastes it into a stream file (JSON from the Lambda
+# console, or YAML), read through the real loader, and matched against Kinesis records
+# whose `data` holds the payloads. Expectations follow AWS's event-ruler.
+
+
+@dataclass(frozen=True)
+class Difference:
+    name: str
+    pattern: str  # one item of `filters:`, as written in the stream file
+    hits: tuple[Any, ...]  # payloads it matches
+    misses: tuple[Any, ...]  # payloads it does not
+
+
+DIFFERENCES = [
+    Difference(
+        "a dotted key in the pattern is a path",
+        '{"data": {"detail": {"state.status": ["running"]}}}',
+        hits=({"detail": {"state": {"status": "running"}}}, {"detail": {"state.status": "running"}}),
+        misses=({"detail": {"state": {"status": "stopped"}}}, {"detail": {"state": "running"}}),
+    ),
+    Difference(
+        "a dotted key in the event is a path",
+        '{"data": {"detail": {"state": {"status": ["running"]}}}}',
+        hits=(
+            {"detail": {"state.status": "running"}},
+            {"detail.state.status": "running"},
+            {"detail.state": {"status": "running"}},
+        ),
+        misses=({"detail": {"state.status": "stopped"}}, {"detail": {"state.statuses": "running"}}),
+    ),
+    Difference(
+        "dotted and nested keys meet under one path",
+        '{"data": {"a.b": ["x"], "a": {"c": [1]}}}',
+        hits=({"a": {"b": "x", "c": 1}}, {"a.b": "x", "a.c": 1}, {"a": {"c": 1}, "a.b": "x"}),
+        misses=({"a": {"b": "x"}}, {"a.b": "x", "a": {"c": 2}}),
+    ),
+    Difference(
+        "two rules for one path: the later one wins",
+        '{"data": {"a.b": ["x"], "a": {"b": ["y"]}}}',
+        hits=({"a": {"b": "y"}},),
+        misses=({"a": {"b": "x"}},),
+    ),
+    Difference(
+        "a field and a dotted field under it are two paths",
+        '{"data": {"a": ["x"], "a.b": ["y"]}}',
+        hits=({"a": "x", "a.b": "y"},),
+        misses=({"a": "x"}, {"a": {"b": "y"}}),
+    ),
+    Difference(
+        "anything-but a list of prefixes",
+        '{"data": {"v": [{"anything-but": {"prefix": ["init", "tmp-"]}}]}}',
+        hits=({"v": "done"}, {"v": "tmp"}),
+        misses=({"v": "initial"}, {"v": "tmp-1"}),
+    ),
+    Difference(
+        "anything-but a list of suffixes",
+        '{"data": {"v": [{"anything-but": {"suffix": [".tmp", ".bak"]}}]}}',
+        hits=({"v": "a.txt"},),
+        misses=({"v": "a.tmp"}, {"v": "a.bak"}),
+    ),
+    Difference(
+        "anything-but a list ignoring case",
+        '{"data": {"v": [{"anything-but": {"equals-ignore-case": ["Paid", "REFUNDED"]}}]}}',
+        hits=({"v": "open"},),
+        misses=({"v": "PAID"}, {"v": "refunded"}),
+    ),
+    Difference(
+        "anything-but one prefix, as a string",
+        '{"data": {"v": [{"anything-but": {"prefix": "init"}}]}}',
+        hits=({"v": "done"},),
+        misses=({"v": "initial"},),
+    ),
+    Difference(
+        "an exact number matches the same value written otherwise",
+        '{"data": {"v": [300]}}',
+        hits=({"v": 300}, {"v": 300.0}, {"v": 3e2}),
+        misses=({"v": "300"}, {"v": 300.5}, {"v": True}),
+    ),
+    Difference(
+        "a pattern number with a fraction matches the integer",
+        '{"data": {"v": [300.0], "w": [1E-3]}}',
+        hits=({"v": 300, "w": 0.001},),
+        misses=({"v": 300, "w": "1E-3"},),
+    ),
+    Difference(
+        "anything-but a number excludes it however written",
+        '{"data": {"v": [{"anything-but": [300, 301]}]}}',
+        hits=({"v": 302}, {"v": "300"}),
+        misses=({"v": 300.0}, {"v": 301}),
+    ),
+    Difference(
+        "-4e-6 and 1E3 pasted from JSON stay numbers",
+        '{"data": {"v": [{"numeric": [">", -4e-6, "<=", 1E3]}]}}',
+        hits=({"v": 0}, {"v": -3e-6}, {"v": 1000}),
+        misses=({"v": -1e-5}, {"v": 1000.5}, {"v": "5"}),
+    ),
+    Difference(
+        "numbers in YAML flow style are read as JSON reads them",
+        "{data: {v: [1e3, -4e-6, 1E+2]}}",
+        hits=({"v": 1000}, {"v": -0.000004}, {"v": 100}),
+        misses=({"v": "1e3"},),
+    ),
+    Difference(
+        "words YAML 1.1 would turn into booleans or dates stay strings",
+        "{data: {v: [yes, on, off, 2024-01-01], w: [true]}}",
+        hits=({"v": "yes", "w": True}, {"v": "on", "w": True}, {"v": "2024-01-01", "w": True}),
+        misses=({"v": True, "w": True}, {"v": "yes", "w": "true"}),
+    ),
+    Difference(
+        "a quoted number is a string",
+        '{"data": {"v": ["1e3", "300"]}}',
+        hits=({"v": "1e3"}, {"v": "300"}),
+        misses=({"v": 1000}, {"v": 300}),
+    ),
+]
+
+INVALID = [
+    (
+        "an empty prefix in anything-but",
+        '{"data": {"v": [{"anything-but": {"prefix": ""}}]}}',
+        "empty string",
+    ),
+    (
+        "an empty prefix in a list",
+        '{"data": {"v": [{"anything-but": {"prefix": ["a", ""]}}]}}',
+        "empty string",
+    ),
+    (
+        "an empty suffix in anything-but",
+        '{"data": {"v": [{"anything-but": {"suffix": [""]}}]}}',
+        "empty string",
+    ),
+    ("a range given upper bound first", '{"data": {"v": [{"numeric": ["<", 10, ">", 0]}]}}', "lower bound"),
+    ("a range that is one point", '{"data": {"v": [{"numeric": [">=", 5, "<=", 5]}]}}', "range is empty"),
+    ("strings and numbers in one anything-but", '{"data": {"v": [{"anything-but": ["a", 1]}]}}', "not both"),
+    ("$or with one alternative", '{"data": {"$or": [{"v": ["a"]}]}}', "at least two"),
+    ("a number no double holds", '{"data": {"v": [{"numeric": [">", 12345678901234567891]}]}}', "exact"),
+]
+
+
+def _stream_file(name: str, pattern: str) -> str:
+    return (
+        f"name: {name}\n"
+        "source: {type: kinesis, stream: s}\n"
+        "filters:\n"
+        f"  - {pattern}\n"
+        "on_failure: {type: table}\n"
+        "sink: {type: sqlite, dsn: x.sqlite, table: t}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """The `filters` of one stream file per case, read by the real loader."""
+    folder = tmp_path_factory.mktemp("differences")
+    for i, case in enumerate(DIFFERENCES):
+        (folder / f"case{i}.yaml").write_text(_stream_file(f"case{i}", case.pattern))
+    return {s.name: s.filters for s in load_path(folder, env={})}
+
+
+@pytest.mark.parametrize("index", range(len(DIFFERENCES)), ids=[d.name for d in DIFFERENCES])
+def test_filters_read_from_a_stream_file_match_as_aws_does(
+    loaded: dict[str, list[dict[str, Any]]], index: int
+) -> None:
+    case = DIFFERENCES[index]
+    matcher = compile_patterns(loaded[f"case{index}"])
+    assert [matcher.matches(view(p)) for p in case.hits] == [True] * len(case.hits)
+    assert [matcher.matches(view(p)) for p in case.misses] == [False] * len(case.misses)
+
+
+@pytest.mark.parametrize("index", range(len(DIFFERENCES)), ids=[d.name for d in DIFFERENCES])
+def test_a_json_pattern_pasted_into_yaml_is_unchanged(
+    loaded: dict[str, list[dict[str, Any]]], index: int
+) -> None:
+    try:
+        as_json = json.loads(DIFFERENCES[index].pattern)
+    except ValueError:
+        pytest.skip("written in YAML, not JSON")
+    assert loaded[f"case{index}"] == [as_json]
+    assert [type(v) for v in _scalars(loaded[f"case{index}"])] == [type(v) for v in _scalars([as_json])]
+
+
+def _scalars(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _scalars(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _scalars(v)]
+    return [value]
+
+
+@pytest.mark.parametrize(("name", "pattern", "reason"), INVALID, ids=[c[0] for c in INVALID])
+def test_patterns_aws_refuses_are_refused_by_poller_check(
+    tmp_path: Path, name: str, pattern: str, reason: str
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(_stream_file("s", pattern))
+    with pytest.raises(ConfigError) as refused:
+        load_path(path, env={})
+    assert f"{path}: filters: filter pattern 0: at data" in str(refused.value)
+    assert reason in str(refused.value)
+
+
+def test_yaml_numbers_outside_filters_are_left_to_the_usual_rules(tmp_path: Path) -> None:
+    """Only `filters` is read as JSON: elsewhere `1e3` stays what YAML 1.1 makes of it."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        _stream_file("s", '{"data": {"v": [1e3]}}').replace("table: t", "table: t, pool_size: 1e3")
+    )
+    with pytest.raises(ConfigError, match=r"sink\.pool_size"):
+        load_path(path, env={})
+
+
+def test_dotted_event_keys_do_not_change_the_event(tmp_path: Path) -> None:
+    payload = {"a.b": 1, "a": {"c": 2}}
+    record = kinesis_record(json.dumps(payload).encode())
+    event = filter_view(record)
+    before = json.dumps(event, sort_keys=True, default=str)
+    assert compile_patterns([{"data": {"a": {"b": [1], "c": [2]}}}]).matches(event)
+    assert json.dumps(event, sort_keys=True, default=str) == before

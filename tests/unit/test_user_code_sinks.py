@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from poller.config import ConfigError, RetryConfig, parse_stream
-from poller.config import HandlerSink as HandlerCfg
+from poller.config import HandlerSinkConfig, RetryConfig, parse_stream
 from poller.context import LambdaContext, function_arn
 from poller.destinations import Destination
 from poller.events import lambda_event
@@ -162,9 +161,9 @@ LAMBDA = {"type": "lambda", "function": "orders-consumer"}
 @pytest.mark.parametrize(
     "source", [{"type": "kinesis", "stream": "orders"}, {"type": "dynamodb", "table": "users"}]
 )
-def test_a_stream_source_needs_an_on_failure_destination(sink: Any, source: Any) -> None:
-    with pytest.raises(ConfigError, match="on_failure is required"):
-        parse_stream({"name": "s", "source": source, "sink": sink}, "s.yaml")
+def test_a_stream_source_needs_no_on_failure_destination(sink: Any, source: Any) -> None:
+    """As with Lambda, none is required: failures go to the checkpoint store's poller_failures."""
+    assert parse_stream({"name": "s", "source": source, "sink": sink}, "s.yaml").on_failure is None
     ok = parse_stream(
         {"name": "s", "source": source, "sink": sink, "on_failure": {"type": "file", "path": "/f"}}, "s.yaml"
     )
@@ -176,11 +175,11 @@ def test_sqs_without_destination_leaves_it_to_the_redrive_policy(sink: Any) -> N
     assert parse_stream({"name": "s", "source": SQS_SOURCE, "sink": sink}, "s.yaml").on_failure is None
 
 
-def test_table_destination_is_refused_for_user_code() -> None:
-    with pytest.raises(ConfigError, match="needs a database sink"):
-        parse_stream(
-            {"name": "s", "source": SQS_SOURCE, "sink": HANDLER, "on_failure": {"type": "table"}}, "s.yaml"
-        )
+def test_a_table_destination_is_kept_in_the_checkpoint_store_of_user_code() -> None:
+    cfg = parse_stream(
+        {"name": "s", "source": SQS_SOURCE, "sink": HANDLER, "on_failure": {"type": "table"}}, "s.yaml"
+    )
+    assert cfg.on_failure is not None and cfg.on_failure.type == "table"
 
 
 def test_user_code_gets_raw_payloads_unless_a_decoder_is_asked_for() -> None:
@@ -194,8 +193,8 @@ def test_user_code_gets_raw_payloads_unless_a_decoder_is_asked_for() -> None:
 # -- the handler sink itself -----------------------------------------------------------------------
 
 
-def handler_cfg(tmp_path: Path, handler: str, **over: Any) -> HandlerCfg:
-    return HandlerCfg.model_validate(
+def handler_cfg(tmp_path: Path, handler: str, **over: Any) -> HandlerSinkConfig:
+    return HandlerSinkConfig.model_validate(
         {
             "type": "handler",
             "handler": handler,
