@@ -6,7 +6,12 @@ from the source (a few hundred at most), outcomes and reasons from fixed sets.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 RECORDS = Counter(
     "poller_records_total",
@@ -97,3 +102,69 @@ SHARD_SERIES = (ITERATOR_AGE, MILLIS_BEHIND, GET_RECORDS, BLOCKED, TRIMMED)
 def forget_shard(stream: str, shard: str) -> None:
     for family in SHARD_SERIES:
         family.remove(stream, shard)
+
+
+# --------------------------------------------------------------------------- ESM shape
+# Lambda's event-source-mapping metrics, one to one, so a dashboard or alert
+# written for an ESM translates by name: PolledEventCount → poller_events_polled_total,
+# FilteredOutEventCount → _filtered_out_, InvokedEventCount → _delivered_,
+# FailedInvokeEventCount → _failed_, DroppedEventCount → _dropped_,
+# OnFailureDestinationDeliveredEventCount → _sent_to_failure_destination_,
+# DeletedEventCount (SQS) → _deleted_. All but `failed` are read from the
+# counters above at scrape time, so the two shapes can never disagree.
+EVENTS_FAILED = Counter(
+    "poller_events_failed_total",
+    "Records in a delivery attempt that failed with a record error (Lambda: FailedInvokeEventCount); "
+    "a record retried three times counts three.",
+    ["stream"],
+)
+
+_ESM_EVENTS = {
+    "polled": "Records read from the source (Lambda: PolledEventCount).",
+    "filtered_out": "Records the filters dropped (Lambda: FilteredOutEventCount).",
+    "delivered": "Records written to the sink (Lambda: InvokedEventCount).",
+    "dropped": "Records given up on after their attempts or their age (Lambda: DroppedEventCount).",
+    "sent_to_failure_destination": "Records sent to the on-failure destination "
+    "(Lambda: OnFailureDestinationDeliveredEventCount).",
+    "deleted": "SQS messages deleted after their commit (Lambda: DeletedEventCount).",
+}
+_FROM_OUTCOME = {
+    "received": "polled",
+    "filtered": "filtered_out",
+    "written": "delivered",
+    "failed": "dropped",
+}
+
+
+class _EsmEvents(Collector):
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(f"poller_events_{e}", h, ["stream"]) for e, h in _ESM_EVENTS.items()]
+
+    def collect(self) -> Iterable[Metric]:
+        totals: dict[str, dict[str, float]] = {k: {} for k in _ESM_EVENTS}
+
+        def add(event: str, stream: str, value: float) -> None:
+            totals[event][stream] = totals[event].get(stream, 0.0) + value
+
+        for sample in _samples(RECORDS, "poller_records_total"):
+            event = _FROM_OUTCOME.get(sample.labels["outcome"])
+            if event:
+                add(event, sample.labels["stream"], sample.value)
+        for sample in _samples(FAILED, "poller_failed_records_total"):
+            if sample.labels["destination"] != "none":
+                add("sent_to_failure_destination", sample.labels["stream"], sample.value)
+        for sample in _samples(SQS_DELETED, "poller_sqs_deleted_messages_total"):
+            add("deleted", sample.labels["stream"], sample.value)
+        for event, help_text in _ESM_EVENTS.items():
+            family = CounterMetricFamily(f"poller_events_{event}", help_text, labels=["stream"])
+            for stream, value in sorted(totals[event].items()):
+                family.add_metric([stream], value)
+            yield family
+
+
+def _samples(counter: Counter, name: str) -> Iterable[Sample]:
+    for family in counter.collect():
+        yield from (s for s in family.samples if s.name == name)
+
+
+REGISTRY.register(_EsmEvents())

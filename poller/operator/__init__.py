@@ -1,0 +1,13 @@
+"""Operator commands: `status`, `checkpoints show | rewind`, `failures list | replay`,
+`iam-policy`.
+
+They read and write the same stores the daemon does (the sink's bookkeeping
+tables, the failure destination, the source itself), never a daemon's memory,
+so they work whether or not a daemon runs. Invariants:
+
+- A rewind writes only checkpoint rows the daemon already knows how to read
+  (a shard's row, the stream's `#start` row) and takes effect at the next start.
+- A replayed failure is marked processed in the transaction that writes its
+  rows, so a second replay writes nothing twice.
+- Nothing here prints a DSN's password (`poller.redaction`).
+"""

@@ -1,0 +1,245 @@
+"""`poller checkpoints show | rewind`.
+
+A rewind only writes checkpoint rows the daemon already reads at its start,
+in one transaction; it takes effect when the stream next starts.
+
+- **Whole stream**: every row of the stream goes (shard rows, lane rows,
+  SHARD_END tombstones) and the `#start` row holds the moment: the daemon then
+  opens every listed shard with no checkpoint AT_TIMESTAMP of it. Lineage stays
+  coherent because the tombstones go too: a parent still within retention is
+  unfinished again, so it is read first and its children after it — rewinding
+  to before a split reopens the parents. TRIM_HORIZON is the moment 1970-01-01
+  (every record still kept is after it); LATEST is now minus the source's
+  `latest_margin_seconds`, as the daemon's own LATEST start.
+- **One shard** (`--shard`) and its descendants: a shard with a record at or
+  after the moment gets a checkpoint just before that record (its sequence
+  number with sub-sequence -1: the resume drops what is at or below it, which
+  is nothing of that record); its descendants' rows are deleted, so they are
+  read after it again (from the stream's stored start, or TRIM_HORIZON). A
+  shard with nothing at or after the moment is put at its end: SHARD_END if it
+  is closed, else just past its newest record (or no row if it has none).
+
+Leases do not exist yet: one worker reads a stream, so `--force` (a rewind
+while another worker holds a lease) changes nothing today. A daemon running
+meanwhile overwrites the rows with its next commits: stop it, rewind, start it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from poller.config import ShardSourceCommon, SqsSource, StreamConfig
+from poller.operator.errors import OperatorError
+from poller.operator.render import table
+from poller.operator.sources import first_unread, last_record, moment, shard_api
+from poller.operator.stores import CheckpointRow, Store, open_store
+from poller.records import Checkpoint, RecordError, ShardState, TransientError
+from poller.sources.shards.api import AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, ShardApi, ShardInfo, StartAt
+from poller.sources.shards.positions import START_ID, parse_lane_id, start_row
+
+TRIM_HORIZON_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
+BEFORE_RECORD = -1  # sub-sequence of a checkpoint just before a record
+PAST_RECORD = 2**62  # sub-sequence of a checkpoint past every user record of a record
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: str  # "timestamp" | "trim_horizon" | "latest"
+    at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Change:
+    shard_id: str
+    was: str
+    now: str
+
+
+def _describe(c: Checkpoint | None) -> str:
+    if c is None:
+        return "(no row)"
+    if c.shard_id == START_ID:
+        return f"start at {c.sequence_number}"
+    if c.state == ShardState.SHARD_END:
+        return "SHARD_END"
+    if c.sub_sequence == BEFORE_RECORD:
+        return f"before {c.sequence_number}"
+    if c.sub_sequence >= PAST_RECORD:
+        return f"after {c.sequence_number}"
+    sub = f"/{c.sub_sequence}" if c.sub_sequence else ""
+    return f"{c.sequence_number}{sub}"
+
+
+def _no_checkpoints(cfg: StreamConfig) -> None:
+    if isinstance(cfg.source, SqsSource):
+        raise OperatorError(
+            f"{cfg.name}: SQS has no checkpoints: messages are deleted once committed; "
+            "`poller failures` and the queue's redrive policy cover what failed"
+        )
+
+
+# --------------------------------------------------------------------------- show
+
+
+async def show(cfg: StreamConfig) -> list[CheckpointRow]:
+    _no_checkpoints(cfg)
+    async with open_store(cfg) as store:
+        rows = await store.checkpoint_rows(cfg.name)
+    return [rows[k] for k in sorted(rows)]
+
+
+def show_text(name: str, rows: list[CheckpointRow]) -> str:
+    cells = [
+        [
+            r.checkpoint.shard_id,
+            str(r.checkpoint.state),
+            r.checkpoint.sequence_number or "-",
+            str(r.checkpoint.sub_sequence),
+            ",".join(r.checkpoint.parent_shard_ids) or "-",
+            r.updated_at.isoformat() if r.updated_at else "-",
+        ]
+        for r in rows
+    ]
+    head = f"stream {name}: {len(rows)} checkpoint row(s)"
+    if not cells:
+        return head
+    return head + "\n" + table(["ROW", "STATE", "SEQUENCE", "SUB", "PARENTS", "UPDATED AT"], cells, "  ")
+
+
+def show_json(rows: list[CheckpointRow]) -> list[dict[str, object]]:
+    return [
+        {
+            "shard_id": r.checkpoint.shard_id,
+            "state": str(r.checkpoint.state),
+            "sequence_number": r.checkpoint.sequence_number,
+            "sub_sequence": r.checkpoint.sub_sequence,
+            "parent_shard_ids": list(r.checkpoint.parent_shard_ids),
+            "updated_at": r.updated_at.isoformat() if r.updated_at else None,
+        }
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------- rewind
+
+
+def _moment(cfg: StreamConfig, target: Target) -> datetime:
+    if target.kind == "trim_horizon":
+        return TRIM_HORIZON_MOMENT
+    now = datetime.now(UTC)
+    if target.kind == "latest":
+        assert isinstance(cfg.source, ShardSourceCommon)
+        return now - timedelta(seconds=cfg.source.latest_margin_seconds)
+    assert target.at is not None
+    at = target.at if target.at.tzinfo is not None else target.at.replace(tzinfo=UTC)
+    if at > now:
+        raise OperatorError(f"{at.isoformat()} is in the future: a stream cannot be read from there")
+    return at
+
+
+async def rewind(cfg: StreamConfig, target: Target, shard: str | None = None) -> list[Change]:
+    """Rewrite the stream's checkpoint rows; returns what changed."""
+    _no_checkpoints(cfg)
+    async with open_store(cfg) as store:
+        rows = await store.checkpoint_rows(cfg.name)
+        if shard is None:
+            since = _moment(cfg, target)
+            new = [start_row(cfg.name, since)]
+            await _write(store, cfg.name, list(rows), new)
+            was = rows.get(START_ID)
+            return [Change("(every shard)", f"{len(rows)} row(s)", f"start at {since.isoformat()}")] + (
+                [Change(START_ID, _describe(was.checkpoint), _describe(new[0]))] if was else []
+            )
+        async with shard_api(cfg) as api:
+            listed = {s.shard_id: s for s in await api.list_shards()}
+            if shard not in listed:
+                raise OperatorError(f"{cfg.name}: no shard {shard!r} in the stream's listing")
+            plan = await _plan(api, cfg, target, listed, shard, rows)
+        drop = [cid for cid in rows if (parse_lane_id(cid) or (cid,))[0] in plan]
+        new_rows = [c for c in plan.values() if c is not None]
+        await _write(store, cfg.name, drop, new_rows)
+        return [
+            Change(sid, _describe(rows[sid].checkpoint) if sid in rows else "(no row)", _describe(c))
+            for sid, c in plan.items()
+        ]
+
+
+async def _plan(
+    api: ShardApi,
+    cfg: StreamConfig,
+    target: Target,
+    listed: dict[str, ShardInfo],
+    root: str,
+    rows: dict[str, CheckpointRow],
+) -> dict[str, Checkpoint | None]:
+    """The new row of `root` and of each descendant (None: no row), parents first."""
+    children: dict[str, list[str]] = {}
+    for s in listed.values():
+        for p in s.parent_ids:
+            children.setdefault(p, []).append(s.shard_id)
+    since = None if target.kind == "latest" else _moment(cfg, target)
+    plan: dict[str, Checkpoint | None] = {}
+    reopened: set[str] = set()
+    queue = deque([root])
+    while queue:
+        shard_id = queue.popleft()
+        if shard_id in plan:
+            continue
+        info = listed[shard_id]
+        queue.extend(children.get(shard_id, []))
+        if any(p in reopened for p in info.parent_ids):
+            reopened.add(shard_id)  # read again after its parent: no row
+            plan[shard_id] = None
+            continue
+        parents = tuple(info.parent_ids)
+        if since is not None:
+            start = moment(since) if since != TRIM_HORIZON_MOMENT else StartAt(TRIM_HORIZON)
+            found = await first_unread(api, info, start)
+            if found is not None:
+                reopened.add(shard_id)
+                plan[shard_id] = Checkpoint(
+                    cfg.name, shard_id, found.sequence_number, BEFORE_RECORD, parent_shard_ids=parents
+                )
+                continue
+        plan[shard_id] = await _at_end(api, cfg.name, info, rows.get(shard_id))
+    return plan
+
+
+async def _at_end(
+    api: ShardApi, stream: str, info: ShardInfo, row: CheckpointRow | None
+) -> Checkpoint | None:
+    parents = tuple(info.parent_ids)
+    if info.closed:
+        return Checkpoint(stream, info.shard_id, None, 0, ShardState.SHARD_END, parents)
+    position = row.checkpoint.sequence_number if row is not None else None
+    start = StartAt(AFTER_SEQUENCE_NUMBER, position) if position else StartAt(TRIM_HORIZON)
+    last = await last_record(api, info, start)
+    if last is not None:
+        return Checkpoint(stream, info.shard_id, last.sequence_number, PAST_RECORD, parent_shard_ids=parents)
+    return row.checkpoint if row is not None else None
+
+
+async def _write(store: Store, stream: str, drop: list[str], new: list[Checkpoint]) -> None:
+    sink = store.sink
+    table_name = store.table(sink.checkpoints_table)
+    try:
+        async with sink.transaction() as conn:
+            for shard_id in drop:
+                await store.execute(
+                    conn, f"DELETE FROM {table_name} WHERE stream = ? AND shard_id = ?", stream, shard_id
+                )
+            if new:
+                await sink.save_checkpoints(conn, new)
+    except (TransientError, RecordError) as e:
+        raise OperatorError(f"{stream}: checkpoints not rewritten: {e}") from e
+    except Exception as e:
+        raise OperatorError(f"{stream}: checkpoints not rewritten: {sink.classify(e)}") from e
+
+
+def rewind_text(name: str, changes: list[Change]) -> str:
+    rows = [[c.shard_id, c.was, c.now] for c in changes]
+    return f"stream {name}: rewound; takes effect when the stream next starts\n" + table(
+        ["SHARD", "WAS", "NOW"], rows, "  "
+    )

@@ -1,0 +1,195 @@
+"""`poller failures replay`: failed records back through decode → filter → map →
+sink, each exactly once.
+
+Each failure is replayed on its own, all or nothing: its record is rebuilt from
+what the destination kept (payload, shard, sequence, message id), prepared by
+the stream's own `Preparer` (decoders, filters, mapping and coercion as the
+daemon runs them), and committed in one transaction that also claims the
+failure (`FailureStore.claim`). A record whose error comes back keeps its
+place with the new error and writes nothing; one the filters now drop is
+claimed with no rows. A transient error (the database down) stops the replay:
+what was replayed stays replayed, the rest can be replayed later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from poller.config import (
+    DynamoDBSource,
+    KinesisSource,
+    MysqlSinkConfig,
+    PostgresSinkConfig,
+    SqliteSinkConfig,
+    StreamConfig,
+)
+from poller.operator.errors import OperatorError
+from poller.operator.failure_stores import ConcurrentReplay, FailureItem, FailureStore, failure_store
+from poller.operator.stores import Store, failures_table
+from poller.processing.failures import Unit
+from poller.processing.mapping import last_op_per_key
+from poller.processing.pipeline import Preparer
+from poller.records import KINESIS, Failure, Record, RecordError, TransientError, describe_error
+from poller.sinks.base import SqlSink
+from poller.sinks.factory import build_sink
+
+# Failures of the whole source record; any other names one decoded child of it
+# (by its sub-sequence), and only that child is written again.
+_WHOLE_RECORD = {"decode_error", "filter_error", "record_age"}
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    replayed: list[str] = field(default_factory=list)
+    filtered: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # id → the new error
+    not_found: list[str] = field(default_factory=list)  # asked for, and not (or no longer) there
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "replayed": self.replayed,
+            "filtered_out": self.filtered,
+            "already_replayed": self.already,
+            "failed_again": self.failed,
+            "not_found": self.not_found,
+        }
+
+
+def rebuild(cfg: StreamConfig, item: FailureItem) -> Record:
+    """The record as its source would hand it over again, from what the destination kept."""
+    src = cfg.source
+    shard = item.shard_id or ""
+    sequence = item.sequence_number or item.message_id or ""
+    if isinstance(src, KinesisSource):
+        raw = {"SequenceNumber": sequence, "PartitionKey": item.partition_key or "", "Data": item.payload}
+        return Record(
+            KINESIS, cfg.name, shard, sequence, item.payload, item.payload, 0, item.partition_key, raw=raw
+        )
+    if isinstance(src, DynamoDBSource):
+        from poller.sources.dynamodb_records import to_record
+
+        try:
+            event = json.loads(item.payload)  # kept in Lambda's record form
+        except ValueError:
+            event = None
+        if isinstance(event, dict):
+            return to_record(event, stream=cfg.name, shard_id=shard, stream_arn=src.stream_arn or "")
+        return Record("aws:dynamodb", cfg.name, shard, sequence, item.payload, item.payload)
+    from poller.sources.sqs import to_record as sqs_record
+
+    attributes = {"MessageGroupId": shard} if shard else {}
+    message = {
+        "MessageId": item.message_id or sequence,
+        "Body": item.payload.decode("utf-8", "surrogateescape"),
+        "Attributes": attributes,
+    }
+    return sqs_record(message, cfg.name, "", src.region or "")
+
+
+def _chosen(units: list[Unit], item: FailureItem) -> list[Unit]:
+    if item.reason in _WHOLE_RECORD or len(units) <= 1:
+        return units
+    child = [u for u in units if getattr(u.token, "sub_sequence", None) == item.sub_sequence]
+    return child or units
+
+
+class Replayer:
+    def __init__(self, cfg: StreamConfig, sink: SqlSink, failures: FailureStore):
+        self.cfg = cfg
+        self.sink = sink
+        self.failures = failures
+        self.preparer = Preparer(cfg, sink)
+
+    async def replay(self, item: FailureItem, report: ReplayReport) -> None:
+        units = _chosen(self.preparer.stream_units([rebuild(self.cfg, item)]), item)
+        failed = next((u.failure for u in units if u.failure is not None), None)
+        if failed is not None:
+            await self._failed_again(item, failed.reason, failed.error_class, failed.error_message, report)
+            return
+        ops = [op for u in units for op in u.ops]
+        try:
+            claimed = await self._commit(item, ops)
+        except TransientError as e:
+            raise OperatorError(f"replay stopped at failure {item.id}: {e}") from e
+        except RecordError as e:
+            await self._failed_again(item, e.reason, type(e).__name__, describe_error(e), report)
+            return
+        await self.failures.replayed(item)
+        if not claimed:
+            report.already.append(item.id)
+        elif ops:
+            report.replayed.append(item.id)
+        else:
+            report.filtered.append(item.id)
+
+    async def _commit(self, item: FailureItem, ops: list[Any]) -> bool:
+        sink = self.sink
+        try:
+            async with sink.transaction() as conn:
+                if not await self.failures.claim(conn, item):
+                    return False
+                final = last_op_per_key(ops)
+                upserts = [op.values for op in final if op.values is not None]
+                deletes = [op.key for op in final if op.values is None]
+                if upserts:
+                    await sink.upsert(conn, upserts)
+                if deletes:
+                    await sink.delete(conn, deletes)
+                return True
+        except (TransientError, RecordError):
+            raise
+        except ConcurrentReplay:
+            return False
+        except Exception as e:
+            raise sink.classify(e) from e
+
+    async def _failed_again(
+        self, item: FailureItem, reason: str, error_class: str, message: str, report: ReplayReport
+    ) -> None:
+        now = time.time()
+        failure = Failure(
+            record=rebuild(self.cfg, item),
+            reason=reason,
+            error_class=error_class,
+            error_message=message,
+            attempts=item.attempts + 1,
+            first_failure_at=item.first_failure_at,
+            last_failure_at=now,
+        )
+        try:
+            await self.failures.failed_again(item, failure)
+        except (TransientError, RecordError) as e:
+            raise OperatorError(f"failure {item.id} failed again and its error cannot be stored: {e}") from e
+        report.failed[item.id] = message
+
+
+async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = None) -> ReplayReport:
+    if not isinstance(cfg.sink, PostgresSinkConfig | MysqlSinkConfig | SqliteSinkConfig):
+        raise OperatorError(
+            f"{cfg.name}: replay writes through a database sink; a {cfg.sink.type} sink's failures "
+            "are listed with `poller failures list` and sent again by the function's owner"
+        )
+    sink = build_sink(cfg, failures_table(cfg))
+    assert isinstance(sink, SqlSink)
+    try:
+        await sink.open()
+    except (TransientError, RecordError) as e:
+        await sink.close()
+        raise OperatorError(f"{cfg.name}: the sink cannot be opened: {e}") from e
+    failures = failure_store(cfg, Store(sink))
+    report = ReplayReport()
+    try:
+        items = await failures.items(limit, ids, hold=True)
+        if ids:
+            report.not_found = sorted(set(ids) - {i.id for i in items})
+        replayer = Replayer(cfg, sink, failures)
+        for item in items:
+            await replayer.replay(item, report)
+    finally:
+        await failures.close()
+        await sink.close()
+    return report

@@ -1,0 +1,165 @@
+"""A stream's bookkeeping store, opened as the daemon opens it, and plain SQL on it.
+
+The store is the sink's own database for the SQL sinks and the checkpoint
+store for handler and lambda sinks, opened in bookkeeping-only mode (no target
+table), so a command works before the target table exists and never needs the
+mapping. SQL here is written once with `?` placeholders and each dialect gets
+its own (`$n`, `%s`); table names are quoted by the dialect's rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from poller.config import (
+    HandlerSinkConfig,
+    LambdaSinkConfig,
+    MysqlSinkConfig,
+    PostgresSinkConfig,
+    SqliteSinkConfig,
+    SqsSource,
+    StreamConfig,
+)
+from poller.operator.errors import OperatorError
+from poller.processing.mapping import Mapper
+from poller.records import Checkpoint, RecordError, TransientError
+from poller.sinks import ddl
+from poller.sinks.base import SqlSink, checkpoints_from_rows
+from poller.sinks.factory import checkpoint_store, failures_table_of
+
+
+def failures_table(cfg: StreamConfig) -> str | None:
+    """The failure table the daemon writes for this stream, if it writes one."""
+    return failures_table_of(cfg, default=not isinstance(cfg.source, SqsSource))
+
+
+def bookkeeping_sink(cfg: StreamConfig) -> SqlSink:
+    """The stream's store in bookkeeping-only mode (`table=""`)."""
+    s = cfg.sink
+    failures = failures_table(cfg)
+    mapper = Mapper(None, [])
+    if isinstance(s, PostgresSinkConfig):
+        from poller.sinks.postgres import PostgresSink as Postgres
+
+        return Postgres(s.dsn, mapper, "", pool_size=1, failures_table=failures)
+    if isinstance(s, MysqlSinkConfig):
+        from poller.sinks.mysql import MysqlSink as Mysql
+
+        return Mysql(s.dsn, mapper, "", pool_size=1, failures_table=failures)
+    if isinstance(s, SqliteSinkConfig):
+        from poller.sinks.sqlite import SqliteSink as Sqlite
+
+        return Sqlite(s.dsn, mapper, "", failures_table=failures)
+    assert isinstance(s, HandlerSinkConfig | LambdaSinkConfig)
+    return checkpoint_store(s.checkpoint_dsn, failures)
+
+
+@dataclass(slots=True)
+class CheckpointRow:
+    checkpoint: Checkpoint
+    updated_at: datetime | None
+
+
+class Store:
+    """SQL on a sink's connection; `conn` is what the sink's `transaction()` yields."""
+
+    def __init__(self, sink: SqlSink):
+        self.sink = sink
+        self.kind = sink.kind
+
+    def table(self, name: str) -> str:
+        if self.kind == "mysql":
+            # Always run with arguments, so PyMySQL %-formats the statement.
+            return ddl.percent_escaped(ddl.quote_ident(name, "`"))
+        return ddl.quote_ident(name)
+
+    def _sql(self, sql: str) -> str:
+        if self.kind == "postgres":
+            parts = sql.split("?")
+            return parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], 1))
+        if self.kind == "mysql":
+            return sql.replace("?", "%s")
+        return sql
+
+    async def fetch(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        sql = self._sql(sql)
+        if self.kind == "postgres":
+            return [tuple(r) for r in await conn.fetch(sql, *args)]
+        if self.kind == "mysql":
+            await conn.execute(sql, args)
+            return [tuple(r) for r in await conn.fetchall()]
+        async with conn.execute(sql, args) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    async def execute(self, conn: Any, sql: str, *args: Any) -> int:
+        """Rows changed."""
+        sql = self._sql(sql)
+        if self.kind == "postgres":
+            status = await conn.execute(sql, *args)
+            last = str(status).split()[-1] if status else "0"
+            return int(last) if last.isdigit() else 0
+        if self.kind == "mysql":
+            return int(await conn.execute(sql, args) or 0)
+        async with conn.execute(sql, args) as cur:
+            return int(cur.rowcount)
+
+    async def read(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        try:
+            async with self.sink.transaction() as conn:
+                return await self.fetch(conn, sql, *args)
+        except (TransientError, RecordError):
+            raise
+        except Exception as e:
+            raise self.sink.classify(e) from e
+
+    # -- the bookkeeping tables ----------------------------------------------------
+
+    async def checkpoint_rows(self, stream: str) -> dict[str, CheckpointRow]:
+        rows = await self.read(
+            f"SELECT shard_id, sequence_number, sub_sequence, state, parent_shard_ids, updated_at "
+            f"FROM {self.table(self.sink.checkpoints_table)} WHERE stream = ?",
+            stream,
+        )
+        checkpoints = checkpoints_from_rows(stream, [r[:5] for r in rows])
+        return {r[0]: CheckpointRow(checkpoints[r[0]], as_utc(r[5])) for r in rows}
+
+    async def count_failures(self, stream: str) -> int | None:
+        if not self.sink.failures_table:
+            return None
+        rows = await self.read(
+            f"SELECT count(*) FROM {self.table(self.sink.failures_table)} WHERE stream = ?", stream
+        )
+        return int(rows[0][0])
+
+
+def as_utc(value: Any) -> datetime | None:
+    """A stored time as an aware UTC datetime: PostgreSQL gives one, MySQL a naive
+    UTC one (its sessions run in UTC), SQLite text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@asynccontextmanager
+async def open_store(cfg: StreamConfig) -> AsyncIterator[Store]:
+    sink = bookkeeping_sink(cfg)
+    try:
+        await sink.open()
+    except (TransientError, RecordError) as e:
+        await sink.close()
+        raise OperatorError(f"{cfg.name}: the checkpoint store cannot be opened: {e}") from e
+    try:
+        yield Store(sink)
+    finally:
+        await sink.close()
