@@ -43,6 +43,7 @@ class StreamRunner:
         self.sink_ready = False
         self.healthy = True
         self.sink: Sink | None = None
+        self._publish()  # 0 from the start: a sink down at start-up must show (and alert)
 
     @property
     def ready(self) -> bool:

@@ -138,7 +138,7 @@ _FROM_OUTCOME = {
 
 class _EsmEvents(Collector):
     def describe(self) -> Iterable[Metric]:
-        return [CounterMetricFamily(f"poller_events_{e}", h, ["stream"]) for e, h in _ESM_EVENTS.items()]
+        return [_family(event, help_text) for event, help_text in _ESM_EVENTS.items()]
 
     def collect(self) -> Iterable[Metric]:
         totals: dict[str, dict[str, float]] = {k: {} for k in _ESM_EVENTS}
@@ -156,10 +156,14 @@ class _EsmEvents(Collector):
         for sample in _samples(SQS_DELETED, "poller_sqs_deleted_messages_total"):
             add("deleted", sample.labels["stream"], sample.value)
         for event, help_text in _ESM_EVENTS.items():
-            family = CounterMetricFamily(f"poller_events_{event}", help_text, labels=["stream"])
+            family = _family(event, help_text)
             for stream, value in sorted(totals[event].items()):
                 family.add_metric([stream], value)
             yield family
+
+
+def _family(event: str, help_text: str) -> CounterMetricFamily:
+    return CounterMetricFamily(f"poller_events_{event}", help_text, labels=["stream"])
 
 
 def _samples(counter: Counter, name: str) -> Iterable[Sample]:
@@ -168,3 +172,44 @@ def _samples(counter: Counter, name: str) -> Iterable[Sample]:
 
 
 REGISTRY.register(_EsmEvents())
+
+
+# --------------------------------------------------------------------------- snapshots and gaps
+SNAPSHOT_ITEMS = Counter(
+    "poller_snapshot_items_total",
+    "Items of a DynamoDB snapshot committed (written, filtered or sent to the failure destination).",
+    ["stream"],
+)
+SNAPSHOT_PAGES = Counter("poller_snapshot_pages_total", "Scan pages read by a DynamoDB snapshot.", ["stream"])
+SNAPSHOT_READ_UNITS = Counter(
+    "poller_snapshot_read_units_total",
+    "Read capacity units a DynamoDB snapshot consumed (the Scan responses' ConsumedCapacity).",
+    ["stream"],
+)
+SNAPSHOT_SEGMENTS = Gauge(
+    "poller_snapshot_segments",
+    "Segments of the DynamoDB snapshot by state: pending, scanning, done.",
+    ["stream", "state"],
+)
+SNAPSHOT_PROGRESS = Gauge(
+    "poller_snapshot_progress_ratio",
+    "Items a DynamoDB snapshot committed over the table's ItemCount (which DynamoDB updates about every "
+    "six hours, so it may pass 1); 1 once the snapshot is complete.",
+    ["stream"],
+)
+RETENTION_GAPS = Counter(
+    "poller_retention_gaps_total",
+    "Retention gaps: records lost because a position fell behind the stream's retention (a trimmed "
+    "checkpoint, a shard gone before it was read to its end, a snapshot longer than the retention).",
+    ["stream", "shard"],
+)
+
+
+# --------------------------------------------------------------------------- leases
+LEASE_EVENTS = Counter(
+    "poller_lease_events_total",
+    "Shard lease events of this process: taken (free or expired), stolen (balancing), renewed, "
+    "lost (found taken by another worker, or not renewed in time), released (shutdown), "
+    "fenced (a commit refused because the lease had passed to another worker).",
+    ["stream", "event"],
+)

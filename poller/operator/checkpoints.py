@@ -96,7 +96,7 @@ def show_text(name: str, rows: list[CheckpointRow]) -> str:
             r.checkpoint.shard_id,
             str(r.checkpoint.state),
             r.checkpoint.sequence_number or "-",
-            str(r.checkpoint.sub_sequence),
+            _sub(r.checkpoint.sub_sequence),
             ",".join(r.checkpoint.parent_shard_ids) or "-",
             r.updated_at.isoformat() if r.updated_at else "-",
         ]
@@ -106,6 +106,12 @@ def show_text(name: str, rows: list[CheckpointRow]) -> str:
     if not cells:
         return head
     return head + "\n" + table(["ROW", "STATE", "SEQUENCE", "SUB", "PARENTS", "UPDATED AT"], cells, "  ")
+
+
+def _sub(sub: int) -> str:
+    if sub == BEFORE_RECORD:
+        return "before"
+    return "all" if sub >= PAST_RECORD else str(sub)
 
 
 def show_json(rows: list[CheckpointRow]) -> list[dict[str, object]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from poller.config import ConfigError, StreamConfig, load_path
 from poller.operator.errors import OperatorError
+from poller.records import RecordError, TransientError
 from poller.redaction import redact
 
 COMMANDS = ("status", "checkpoints", "failures", "iam-policy")
@@ -110,8 +111,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except OperatorError as e:
+    except (OperatorError, TransientError, RecordError) as e:
         print(redact(f"error: {e}"), file=sys.stderr)
+        return 1
+    except Exception as e:  # one redacted line, never a traceback that could quote a DSN
+        print(redact(f"error: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1
 
 

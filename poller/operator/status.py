@@ -4,8 +4,9 @@
   the stored checkpoints and the source's listing: `ended` (finished),
   `reading` (may be read now), `waiting_on_parent`.
 - Lag is asked of the source itself: the first record after the checkpoint
-  (or where the shard would start), its `MillisBehindLatest` on Kinesis, its
-  age on DynamoDB Streams; 0 when there is none.
+  (or where the shard would start); its age (the daemon's iterator age, from
+  its arrival time) and, on Kinesis, its `MillisBehindLatest`; 0 when there
+  is none.
 - The lease owner is empty until leases exist (one worker per stream).
 - SQS has no shards: the queue's (and its dead-letter queue's) visible, in
   flight and delayed messages.
@@ -41,7 +42,8 @@ class ShardStatus:
     sequence_number: str | None
     sub_sequence: int
     checkpointed_at: str | None
-    lag_seconds: float | None  # None: not asked (ended) or the source did not answer
+    lag_seconds: float | None  # age of the oldest unread record, 0 when none; None: not asked (ended)
+    millis_behind_latest: int | None = None  # Kinesis, for the oldest unread record
     listed: bool = True
 
 
@@ -105,14 +107,18 @@ async def _shard(
     else:
         state = "waiting_on_parent"
     lag: float | None = None
+    behind: int | None = None
     if state != "ended":
         found = await first_unread(api, shard, _start(row, since))
         if found is None:
-            lag = 0.0
-        elif found.millis_behind is not None:
-            lag = found.millis_behind / 1000
+            lag, behind = 0.0, 0
         else:
-            lag = max(0.0, time.time() - found.arrival) if found.arrival else None
+            # As the daemon's iterator age: how old the next record to process is.
+            behind = found.millis_behind
+            if found.arrival:
+                lag = round(max(0.0, time.time() - found.arrival), 3)
+            elif behind is not None:
+                lag = behind / 1000
     c = row.checkpoint if row else None
     return ShardStatus(
         shard.shard_id,
@@ -123,6 +129,7 @@ async def _shard(
         c.sub_sequence if c else 0,
         _iso(row.updated_at) if row else None,
         lag,
+        behind,
     )
 
 

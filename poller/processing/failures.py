@@ -38,7 +38,7 @@ from poller.records import (
 )
 from poller.retry import Backoff as Backoff  # re-exported for older imports
 from poller.rows import RowOp
-from poller.sink_api import CommitResult, FailureDestination, Sink, Transaction
+from poller.sink_api import CommitResult, FailureDestination, Fenced, Sink, Transaction
 
 log = get_logger()
 
@@ -212,8 +212,8 @@ class FailurePolicy:
                 return await self.sink.commit(tx)
             async with self.checkpointer.checkpoint(tx):
                 return await self.sink.commit(tx)
-        except (TransientError, RecordError):
-            raise
+        except (TransientError, RecordError, Fenced):
+            raise  # Fenced: the lease is another worker's now; the shard's worker stops
         except Exception as e:
             log.error(
                 "unexpected sink error; treated as a record error", error=describe_error(e), exc_info=True

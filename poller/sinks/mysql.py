@@ -92,6 +92,7 @@ _TRANSIENT_CODES = {
 _CONSTRAINT_CODES = {
     1048,  # column cannot be null
     1062,  # duplicate entry
+    1364,  # a NOT NULL column without a default was given no value
     1216,  # foreign key: no parent
     1217,  # foreign key: has children
     1451,  # foreign key: has children
@@ -369,6 +370,16 @@ class MysqlSink(SqlSink):
                   parent_shard_ids = VALUES(parent_shard_ids), updated_at = CURRENT_TIMESTAMP(6)""",
             [checkpoint_row(c) for c in checkpoints],
         )
+
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+        # LOCK IN SHARE MODE (MariaDB and MySQL 8 alike) reads the latest committed row.
+        await conn.execute(
+            f"SELECT owner, lease_counter FROM {q(ddl.LEASES_TABLE)} "
+            f"WHERE stream = %s AND shard_id = %s LOCK IN SHARE MODE",
+            (stream, shard_id),
+        )
+        row = await conn.fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
     async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:
         try:

@@ -24,7 +24,7 @@ import yaml
 from poller.config import load_path
 from poller.operator.iam import actions, iam_action, policy
 from tests.support import db
-from tests.support.aws import client, send_all
+from tests.support.aws import client, queue_depth, send_all
 from tests.support.aws_call_log import calls, recording
 from tests.support.daemon import Daemon, wait_for
 from tests.support.servers import Kinesalite, MotoServer
@@ -435,6 +435,105 @@ def test_replay_from_a_failure_file_is_marked_in_the_row_transaction(moto: MotoS
     assert write_counts("postgres", pg_dsn, name) == {"ok": 1, "neg": 1}
 
 
+def test_replay_from_a_failure_queue_deletes_the_message_after_its_row_commits(
+    moto: MotoServer, pg_dsn: str
+) -> None:
+    name = "rp_queue"
+    make_table("postgres", pg_dsn, name, check=True)
+    cfg, queue, failed_queue = sqs_to_failure_queue(moto, pg_dsn, name)
+    sqs = client("sqs", moto.url)
+    send_all(sqs, queue, [json.dumps({"id": "a", "n": 1}), json.dumps({"id": "b", "n": -1})])
+    with Daemon([cfg]) as d:
+        d.wait_ready()
+        wait_for(lambda: queue_depth(sqs, failed_queue) == 1, 40, message="failure message")
+    folder = config_dir(cfg)
+    (item,) = json.loads(ok("failures", "--config", str(folder), "list", "--stream", name, "--json"))
+    assert json.loads(item["payload"]) == {"id": "b", "n": -1} and item["attempts"] == 2
+    assert queue_depth(sqs, failed_queue) == 1  # a listing leaves the message where it was
+
+    db.execute("postgres", pg_dsn, f"ALTER TABLE {name} DROP CONSTRAINT {name}_n")
+    report = json.loads(ok("failures", "--config", str(folder), "replay", "--stream", name, "--json"))
+    assert report["replayed"] == [item["id"]]
+    assert queue_depth(sqs, failed_queue) == 0
+    again = json.loads(ok("failures", "--config", str(folder), "replay", "--stream", name, "--json"))
+    assert again["replayed"] == [] and again["already_replayed"] == []
+    assert write_counts("postgres", pg_dsn, name) == {"a": 1, "b": 1}
+
+
+def sqs_to_failure_queue(moto: MotoServer, dsn: str, name: str) -> tuple[dict[str, Any], str, str]:
+    """An SQS stream whose records fail (after two receives) into another queue."""
+    sqs = client("sqs", moto.url)
+    suffix = uuid.uuid4().hex[:8]
+    queue = sqs.create_queue(QueueName=f"{name}-{suffix}")["QueueUrl"]
+    failed_queue = sqs.create_queue(QueueName=f"{name}-failed-{suffix}")["QueueUrl"]
+    endpoint = {"endpoint_url": moto.url, "region": "us-east-1"}
+    cfg = {
+        "name": name,
+        "source": {"type": "sqs", "queue_url": queue, "wait_seconds": 1, **endpoint},
+        "batch": {"size": 10, "window_seconds": 0.1},
+        "retry": {"max_attempts": 2, "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.1},
+        "on_failure": {"type": "sqs", "queue_url": failed_queue, **endpoint},
+        "sink": {
+            "type": "postgres",
+            "dsn": dsn,
+            "table": name,
+            "key": ["id"],
+            "columns": {"id": "data.id", "n": "data.n"},
+        },
+    }
+    return cfg, queue, failed_queue
+
+
+def test_status_and_rewind_of_a_dynamodb_stream(moto: MotoServer, pg_dsn: str) -> None:
+    ddb = client("dynamodb", moto.url)
+    table = new_dynamodb_table(ddb)
+    for i in range(4):
+        ddb.put_item(TableName=table, Item={"id": {"S": f"i{i}"}, "n": {"N": str(i)}})
+    name = "ops_ddb"
+    make_table("postgres", pg_dsn, name)
+    cfg = dynamodb_stream(name, table, moto, pg_dsn)
+    with Daemon([cfg]) as d:
+        d.wait_ready()
+        wait_for(lambda: sum(write_counts("postgres", pg_dsn, name).values()) == 4, 30, message="items")
+    folder = config_dir(cfg)
+    (status,) = json.loads(ok("status", "--config", str(folder), "--json"))["streams"]
+    (shard,) = status["shards"]
+    assert shard["state"] == "reading" and shard["lag_seconds"] == 0 and shard["sequence_number"]
+    assert status["failures"] == 0
+
+    ok("checkpoints", "--config", str(folder), "rewind", "--stream", name, "--trim-horizon")
+    with Daemon([cfg]) as d:
+        d.wait_ready()
+        wait_for(lambda: sum(write_counts("postgres", pg_dsn, name).values()) == 8, 30, message="again")
+    assert write_counts("postgres", pg_dsn, name) == {f"i{i}": 2 for i in range(4)}
+
+
+def new_dynamodb_table(ddb: Any) -> str:
+    table = f"ops-{uuid.uuid4().hex[:8]}"
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    return table
+
+
+def dynamodb_stream(name: str, table: str, moto: MotoServer, dsn: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "source": {"type": "dynamodb", "table": table, "endpoint_url": moto.url, "region": "us-east-1"},
+        "sink": {
+            "type": "postgres",
+            "dsn": dsn,
+            "table": name,
+            "key": ["id"],
+            "columns": {"id": "keys.id", "n": "new.n"},
+        },
+    }
+
+
 # --------------------------------------------------------------------------- iam-policy
 
 
@@ -448,7 +547,6 @@ def test_iam_policy_names_every_action_the_daemon_calls(
     """Each source's daemon is run with its AWS calls logged at its clients; the
     policy of each example config holds every action its kind of source called."""
     observed: dict[str, set[str]] = {}
-    suffix = uuid.uuid4().hex[:8]
 
     # Kinesis.
     kinesis, stream = new_kinesis(moto, 1)
@@ -465,27 +563,10 @@ def test_iam_policy_names_every_action_the_daemon_calls(
 
     # DynamoDB Streams.
     ddb = client("dynamodb", moto.url)
-    table = f"iam-{suffix}"
-    ddb.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
+    table = new_dynamodb_table(ddb)
     ddb.put_item(TableName=table, Item={"id": {"S": "a"}, "n": {"N": "1"}})
     make_table("postgres", pg_dsn, "iam_d")
-    cfg_d = {
-        "name": "iam_d",
-        "source": {"type": "dynamodb", "table": table, "endpoint_url": moto.url, "region": "us-east-1"},
-        "sink": {
-            "type": "postgres",
-            "dsn": pg_dsn,
-            "table": "iam_d",
-            "key": ["id"],
-            "columns": {"id": "keys.id", "n": "new.n"},
-        },
-    }
+    cfg_d = dynamodb_stream("iam_d", table, moto, pg_dsn)
     log = tmp_path / "dynamodb.log"
     with Daemon([cfg_d], env=recording(log)) as d:
         d.wait_ready()
@@ -493,47 +574,14 @@ def test_iam_policy_names_every_action_the_daemon_calls(
     observed["dynamodb"] = _observed(log)
 
     # SQS, with a record that fails into an SQS failure queue (and is released once first).
-    sqs = client("sqs", moto.url)
-    queue = sqs.create_queue(QueueName=f"iam-q-{suffix}")["QueueUrl"]
-    failed_queue = sqs.create_queue(QueueName=f"iam-f-{suffix}")["QueueUrl"]
     make_table("postgres", pg_dsn, "iam_s", check=True)
+    cfg_s, queue, failed_queue = sqs_to_failure_queue(moto, pg_dsn, "iam_s")
+    sqs = client("sqs", moto.url)
     send_all(sqs, queue, [json.dumps({"id": "a", "n": 1}), json.dumps({"id": "b", "n": -1})])
-    cfg_s = {
-        "name": "iam_s",
-        "source": {
-            "type": "sqs",
-            "queue_url": queue,
-            "endpoint_url": moto.url,
-            "region": "us-east-1",
-            "wait_seconds": 1,
-        },
-        "batch": {"size": 10, "window_seconds": 0.1},
-        "retry": {"max_attempts": 2, "backoff_initial_seconds": 0.05, "backoff_max_seconds": 0.1},
-        "on_failure": {
-            "type": "sqs",
-            "queue_url": failed_queue,
-            "endpoint_url": moto.url,
-            "region": "us-east-1",
-        },
-        "sink": {
-            "type": "postgres",
-            "dsn": pg_dsn,
-            "table": "iam_s",
-            "key": ["id"],
-            "columns": {"id": "data.id", "n": "data.n"},
-        },
-    }
     log = tmp_path / "sqs.log"
     with Daemon([cfg_s], env=recording(log)) as d:
         d.wait_ready()
-
-        def failed_sent() -> bool:
-            attrs = sqs.get_queue_attributes(
-                QueueUrl=failed_queue, AttributeNames=["ApproximateNumberOfMessages"]
-            )
-            return attrs["Attributes"]["ApproximateNumberOfMessages"] == "1"
-
-        wait_for(failed_sent, 40, message="failure message")
+        wait_for(lambda: queue_depth(sqs, failed_queue) == 1, 40, message="failure message")
     observed["sqs"] = _observed(log)
 
     assert {"kinesis:GetRecords", "kinesis:GetShardIterator"} <= observed["kinesis"]

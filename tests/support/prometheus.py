@@ -5,6 +5,7 @@ its HTTP API for the tests to read alerts and series from."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -66,3 +67,26 @@ class Prometheus(_ServerBase):
     def alerts(self) -> list[dict[str, Any]]:
         alerts: list[dict[str, Any]] = self.api("alerts")["alerts"]
         return alerts
+
+
+_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name a Prometheus text page can carry: its samples', and each
+    declared family's (with a histogram's `_bucket`, `_sum`, `_count`) even when
+    it has no sample yet."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            names.add(name)
+            names.update(name + s for s in _SUFFIXES.get(kind, ()))
+        elif line and not line.startswith("#"):
+            names.add(line.split("{", 1)[0].split(" ", 1)[0])
+    return names
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The poller metrics a PromQL expression (or a Grafana query) reads."""
+    return set(re.findall(r"\bpoller_[A-Za-z0-9_]+", expr))
