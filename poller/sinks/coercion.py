@@ -23,7 +23,6 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -37,11 +36,13 @@ from itertools import chain, compress
 from operator import not_
 from typing import Any, NoReturn
 
+from poller.jsonenc import MAX_INT_DIGITS, json_default
+
 Converter = Callable[[Any], Any]
 
-# Python's own int-from-text limit (sys.int_info.default_max_str_digits): no JSON
-# integer is longer, and a bound for int columns with no range of their own.
-_MAX_INT_DIGITS = 4300
+# Python's own int-from-text limit: no JSON integer is longer, and a bound for
+# int columns with no range of their own.
+_MAX_INT_DIGITS = MAX_INT_DIGITS
 _FLOAT_TEXT = 400  # characters: a float written as text, beyond any useful precision
 _SLACK = 64  # characters a number's text may have beyond its digits (sign, zeros, exponent)
 JSON_DEPTH = 512
@@ -64,26 +65,6 @@ def _bad(v: Any, what: str) -> NoReturn:
 
 
 # --------------------------------------------------------------------------- JSON
-
-
-def json_default(o: Any) -> Any:
-    if isinstance(o, Decimal):
-        # An integral Decimal becomes an int unless it has more digits than any
-        # JSON integer may (int() of 1E+999999 alone takes seconds).
-        if o.is_finite() and o.adjusted() < _MAX_INT_DIGITS and o == o.to_integral_value():
-            return int(o)
-        return float(o)
-    if isinstance(o, bytes | bytearray):
-        return base64.b64encode(o).decode()
-    if isinstance(o, set | frozenset):
-        return sorted(o, key=str)
-    if isinstance(o, datetime | date):
-        return o.isoformat()
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-
-def dumps(v: Any) -> str:
-    return json.dumps(v, default=json_default, separators=(",", ":"), ensure_ascii=False)
 
 
 # `dumps` for a text column (NaN stays the text `NaN`), and strict JSON for a json one.

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poller.config import StreamConfig
+from poller.jsonenc import dumps, json_default
 from poller.processing.pipeline import Preparer
 from poller.records import KINESIS, MappingError, Record
 from poller.sinks.coercion import (
@@ -28,8 +29,6 @@ from poller.sinks.coercion import (
     Column,
     coerce_row,
     column_converter,
-    dumps,
-    json_default,
     row_coercer,
 )
 from poller.sinks.column_types import mariadb_json_columns, mysql_column, postgres_column, sqlite_column

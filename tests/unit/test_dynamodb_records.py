@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from poller.events import filter_view, lambda_record
+from poller.jsonenc import dumps
 from poller.processing.filters import compile_patterns
 from poller.processing.mapping import Mapper
 from poller.records import DYNAMODB
-from poller.sinks.coercion import dumps
 from poller.sources.dynamodb_records import (
     deserialize_image,
     is_ttl_delete,
