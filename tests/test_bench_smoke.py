@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("bench.memory", [], False),
     ("bench.idle", [], False),
     ("bench.record_path", [], False),
+    ("bench.fuzz", [], True),
 ]
 
 
