@@ -50,6 +50,7 @@ class AwsEndpoint(Strict):
 
 
 StartingPosition = Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
+RetentionGapPolicy = Literal["continue", "stop", "snapshot"]
 
 
 class ShardSourceCommon(AwsEndpoint):
@@ -81,6 +82,15 @@ class ShardSourceCommon(AwsEndpoint):
     prefetch_records: int = Field(
         10_000, ge=100, le=1_000_000, description="Records read ahead per shard (bounds memory)."
     )
+    on_retention_gap: RetentionGapPolicy | None = Field(
+        None,
+        description="When records were lost because a checkpoint fell behind the stream's retention "
+        "(a trimmed position, a shard gone before it was read to its end, a resumed Kinesis "
+        "checkpoint whose record is gone): `continue` from the oldest record still held, `stop` "
+        "the stream, or (DynamoDB only) `snapshot`: re-sync the table with a new snapshot, then "
+        "the stream from there. Every gap is counted (poller_retention_gaps_total) and logged as "
+        "an error naming the time range lost. Default: continue (DynamoDB: as `on_trimmed`).",
+    )
 
     @model_validator(mode="after")
     def _timestamp_needed(self) -> ShardSourceCommon:
@@ -94,6 +104,43 @@ class KinesisSource(ShardSourceCommon):
     stream: str = Field(..., min_length=1, description="Stream name or ARN.")
     max_records_per_call: int = Field(10_000, ge=1, le=10_000)
 
+    @model_validator(mode="after")
+    def _no_snapshot_policy(self) -> KinesisSource:
+        if self.on_retention_gap == "snapshot":
+            raise ValueError("on_retention_gap `snapshot` is for DynamoDB sources only: continue or stop")
+        return self
+
+    @property
+    def retention_gap_policy(self) -> str:
+        return self.on_retention_gap or "continue"
+
+
+class SnapshotConfig(Strict):
+    """A DynamoDB source's initial snapshot: the table's items, then its stream."""
+
+    mode: Literal["none", "initial", "only"] = Field(
+        "none",
+        description="none: the stream alone. initial: record the stream position, scan the whole table "
+        "(each item as an INSERT whose new image is the item, through the same filters and "
+        "columns as stream records), then read the stream from the recorded position, so the "
+        "target converges to the table. only: the scan, then the stream ends. A completed "
+        "snapshot is recorded and not taken again (a whole-stream `poller checkpoints rewind` "
+        "asks for a new one).",
+    )
+    segments: int = Field(
+        4, ge=1, le=1000, description="Parallel Scan segments (TotalSegments), each resumable on its own."
+    )
+    max_read_units_per_second: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="Read capacity the scan may consume per second, all segments together, from the "
+        "Scan responses' ConsumedCapacity; absent: as fast as the table and the sink allow.",
+    )
+    consistent_read: bool = Field(
+        False, description="Strongly consistent Scan pages (twice the read units of eventual reads)."
+    )
+
 
 class DynamoDBSource(ShardSourceCommon):
     type: Literal["dynamodb"]
@@ -104,6 +151,7 @@ class DynamoDBSource(ShardSourceCommon):
         "continue", description="On TrimmedDataAccessException: go on from TRIM_HORIZON, or stop."
     )
     idle_poll_seconds: float = Field(0.5, ge=0.05, le=30)
+    snapshot: SnapshotConfig = SnapshotConfig()
 
     @model_validator(mode="after")
     def _table_or_arn(self) -> DynamoDBSource:
@@ -111,7 +159,18 @@ class DynamoDBSource(ShardSourceCommon):
             raise ValueError("give exactly one of `table` or `stream_arn`")
         if self.starting_position == "AT_TIMESTAMP":
             raise ValueError("DynamoDB Streams supports TRIM_HORIZON or LATEST only")
+        if (
+            self.on_retention_gap is not None
+            and "on_trimmed" in self.model_fields_set
+            and self.on_trimmed != self.on_retention_gap
+        ):
+            raise ValueError("on_trimmed and on_retention_gap disagree: give on_retention_gap alone")
         return self
+
+    @property
+    def retention_gap_policy(self) -> str:
+        """`on_retention_gap`, or the older `on_trimmed` when it is not given."""
+        return self.on_retention_gap or self.on_trimmed
 
 
 class SqsSource(AwsEndpoint):
@@ -413,6 +472,15 @@ class HandlerSinkConfig(Strict):
         description="Invocations of this handler that may overlap in the process. Lambda runs one at a "
         "time per sandbox, and handlers may keep per-invocation state in module globals.",
     )
+    tumbling_window_seconds: int = Field(
+        0,
+        ge=0,
+        le=900,
+        description="Lambda's TumblingWindowInSeconds (Kinesis and DynamoDB Streams): each shard's "
+        "records are delivered in windows of this many seconds by arrival time, with the `state` "
+        "the function returned passed to its next invocation of the window and a final invocation "
+        "when the window ends (docs/migrating-from-lambda.md). 0: no windows.",
+    )
 
     @field_validator("checkpoint_dsn")
     @classmethod
@@ -431,6 +499,15 @@ class LambdaSinkConfig(AwsEndpoint):
     report_batch_item_failures: bool = Field(
         True, description="Honour a returned `batchItemFailures` (Lambda: FunctionResponseTypes)."
     )
+    tumbling_window_seconds: int = Field(
+        0,
+        ge=0,
+        le=900,
+        description="Lambda's TumblingWindowInSeconds (Kinesis and DynamoDB Streams): each shard's "
+        "records are delivered in windows of this many seconds by arrival time, with the `state` "
+        "the function returned passed to its next invocation of the window and a final invocation "
+        "when the window ends (docs/migrating-from-lambda.md). 0: no windows.",
+    )
 
     @field_validator("checkpoint_dsn")
     @classmethod
@@ -442,6 +519,37 @@ SinkConfig = Annotated[
     PostgresSinkConfig | MysqlSinkConfig | SqliteSinkConfig | HandlerSinkConfig | LambdaSinkConfig,
     Field(discriminator="type"),
 ]
+
+
+class CoordinationConfig(AwsEndpoint):
+    """Several replicas of this stream file share its shards through leases
+    (`poller.coordination`); region and endpoint_url are the DynamoDB table's."""
+
+    lease_store: Literal["sink", "dynamodb"] = Field(
+        "sink",
+        description="sink: the table poller_leases in the sink's database (a handler or lambda sink: its "
+        "checkpoint_dsn), where each commit checks the lease inside the row transaction; SQLite "
+        "refuses a second worker. dynamodb: a DynamoDB table (created if missing) that also keeps "
+        "the checkpoints, written conditionally on the lease (handler and lambda sinks).",
+    )
+    table: str = Field(
+        "poller-leases",
+        pattern=r"^[A-Za-z0-9_.-]{3,255}$",
+        description="lease_store dynamodb: the table's name.",
+    )
+    lease_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="A lease not renewed for this long, as measured on the clock of the worker that "
+        "watches it, may be taken; holders renew every third of it.",
+    )
+    worker_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:@/+=-]{0,200}$",
+        description="This replica's name in the lease store; unique among the replicas running at once. "
+        "Empty or absent: hostname-pid.",
+    )
 
 
 class StreamConfig(Strict):
@@ -459,6 +567,11 @@ class StreamConfig(Strict):
         "store); on SQS, back to the queue, whose redrive policy decides.",
     )
     sink: SinkConfig
+    coordination: CoordinationConfig | None = Field(
+        None,
+        description="Several replicas sharing this stream's shards through leases. Absent: one worker "
+        "reads every shard.",
+    )
 
     @property
     def decoders(self) -> list[str]:
@@ -483,6 +596,59 @@ class StreamConfig(Strict):
 
         compile_patterns(v)
         return v
+
+    @model_validator(mode="after")
+    def _coordination_fits(self) -> StreamConfig:
+        c = self.coordination
+        if c is None:
+            return self
+        if isinstance(self.source, SqsSource):
+            raise ValueError(
+                "coordination: an SQS queue needs no leases (replicas are competing consumers): remove it"
+            )
+        if c.lease_store == "dynamodb" and isinstance(self.sink, DatabaseSinkConfig):
+            raise ValueError(
+                "coordination.lease_store: dynamodb is for handler and lambda sinks; a database sink keeps "
+                "its leases in its own database (lease_store: sink), where each commit checks its lease "
+                "inside the row transaction"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> StreamConfig:
+        sink = self.sink
+        if not isinstance(sink, HandlerSinkConfig | LambdaSinkConfig) or not sink.tumbling_window_seconds:
+            return self
+        src = self.source
+        if isinstance(src, SqsSource):
+            raise ValueError(
+                "sink.tumbling_window_seconds: windows are for Kinesis and DynamoDB Streams sources"
+            )
+        if src.parallelization_factor != 1:
+            raise ValueError(
+                "sink.tumbling_window_seconds: a window's records are delivered in shard order, one "
+                "batch at a time: set source.parallelization_factor to 1"
+            )
+        if self.coordination is not None and self.coordination.lease_store == "dynamodb":
+            raise ValueError(
+                "sink.tumbling_window_seconds: the window state is kept with the checkpoints in the "
+                "checkpoint store: use coordination.lease_store: sink"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _snapshot_in_one_process(self) -> StreamConfig:
+        src = self.source
+        if self.coordination is None or not isinstance(src, DynamoDBSource):
+            return self
+        if src.snapshot.mode != "none" or src.on_retention_gap == "snapshot":
+            raise ValueError(
+                "coordination: a snapshot is taken by one process: take it with this stream file "
+                "without `coordination` and with snapshot.mode: only, then run the replicas with "
+                "snapshot.mode: none (they read the stream from the snapshot's position); "
+                "on_retention_gap: snapshot is refused with coordination for the same reason"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- loading

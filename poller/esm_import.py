@@ -418,14 +418,33 @@ class _Builder:
         if state in ("Disabled", "Disabling") or enabled is False:
             self.note("State", "the mapping is disabled; the stream file runs as soon as it is deployed")
 
-    def _rest(self) -> None:
+    def _window(self) -> None:
+        """`TumblingWindowInSeconds` on the lambda sink (an SQS mapping has taken it already)."""
+        if self.doc["source"]["type"] == "sqs":
+            return
         window = self.take("TumblingWindowInSeconds")
-        if window:
+        if not window:
+            return
+        sink = self.doc["sink"]
+        if sink["type"] != "lambda":
             self.note(
                 "TumblingWindowInSeconds",
-                f"{window}: no tumbling windows in this version; each batch is delivered on its own, "
-                "with no state passed between invocations",
+                f"{window}: a database sink writes rows, with no state between batches; ignored",
             )
+            return
+        sink["tumbling_window_seconds"] = window
+        source = self.doc["source"]
+        factor = source.get("parallelization_factor", 1)
+        if factor > 1:
+            source["parallelization_factor"] = 1
+            self.note(
+                "ParallelizationFactor",
+                f"{factor}: with a tumbling window the poller delivers a shard's records one batch at a "
+                "time, in order; parallelization_factor: 1",
+            )
+
+    def _rest(self) -> None:
+        self._window()
         if self.take("MetricsConfig"):
             self.note("MetricsConfig", "metrics are always on, at /metrics")
         if "ScalingConfig" in self.esm and "ScalingConfig" not in self.used:

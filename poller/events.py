@@ -19,12 +19,36 @@ from typing import Any
 
 from poller.records import DYNAMODB, KINESIS, SQS, Record
 
-__all__ = ["filter_view", "lambda_event", "lambda_record"]
+__all__ = ["filter_view", "lambda_event", "lambda_record", "window_fields"]
 
 
 def lambda_event(records: list[Record], *, function_arn: str = "") -> dict[str, Any]:
     """`{"Records": [...]}`, the payload a Lambda handler is invoked with."""
     return {"Records": [lambda_record(r, function_arn=function_arn) for r in records]}
+
+
+def window_fields(
+    start: float,
+    end: float,
+    state: dict[str, Any],
+    shard_id: str,
+    event_source_arn: str,
+    *,
+    final: bool,
+    terminated_early: bool,
+) -> dict[str, Any]:
+    """What a tumbling window adds to the event, after `Records`, in Lambda's order
+    (`KinesisTimeWindowEvent`, `DynamodbTimeWindowEvent`): the window's bounds as
+    ISO-8601 UTC seconds, the state the function returned last in this window on
+    this shard, and the two flags."""
+    return {
+        "window": {"start": _iso_seconds(start), "end": _iso_seconds(end)},
+        "state": state,
+        "shardId": shard_id,
+        "eventSourceARN": event_source_arn,
+        "isFinalInvokeForWindow": final,
+        "isWindowTerminatedEarly": terminated_early,
+    }
 
 
 def lambda_record(record: Record, *, function_arn: str = "") -> dict[str, Any]:
@@ -258,6 +282,11 @@ def _epoch(value: object, default: float) -> float:
         except ValueError:
             return default
     return default
+
+
+def _iso_seconds(epoch: float) -> str:
+    """`2020-07-30T17:00:00Z`, as Lambda writes a window's bounds."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _lower_first(name: str) -> str:

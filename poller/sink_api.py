@@ -7,6 +7,11 @@ never import a sink module, and sinks never import a source or a processing
 stage (the import-linter contracts in `pyproject.toml` keep it so). A sink
 writes one `Transaction` atomically: its rows, the processed SQS ids, the
 failure rows and the checkpoints — all or nothing.
+
+With several replicas a shard's transaction carries the `Fence` of its lease:
+the sink verifies it inside that same transaction (or, when the lease store
+keeps the checkpoints, hands them to it there), so a commit made after the
+lease passed to another worker rolls back whole and raises `Fenced`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,44 @@ class MessageWrite:
     ops: list[RowOp]
 
 
+class Fenced(Exception):
+    """The commit's lease is no longer this worker's: the transaction rolled back.
+
+    Neither transient (retrying cannot help) nor a record error (no record is
+    at fault): the worker that made the commit stops with reason LEASE_LOST."""
+
+    def __init__(self, shard_id: str, holder: str | None):
+        holder_text = f"held by {holder}" if holder else "not held by anyone"
+        super().__init__(f"the lease of shard {shard_id} is {holder_text} now: commit refused")
+        self.shard_id = shard_id
+        self.holder = holder
+
+
+class CheckpointKeeper(Protocol):
+    """A lease store that keeps the checkpoints itself (DynamoDB, as the Kinesis
+    Client Library does): the sink hands them over inside its transaction."""
+
+    async def save_checkpoints(self, stream: str, checkpoints: list[Checkpoint], fence: Fence) -> None:
+        """Write them only while `fence` holds (a write conditional on the lease);
+        raise `Fenced` when it no longer does, `TransientError` when unreachable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The lease a shard's commit is made under: its holder (`owner`) and the lease
+    counter at which that holder took it. It holds while the lease row still names
+    `owner` with a counter at or above `counter` (every lease write moves the
+    counter on, and a take also changes the owner)."""
+
+    shard_id: str
+    owner: str
+    counter: int
+    keeper: CheckpointKeeper | None = None  # set when the lease store keeps the checkpoints
+
+    def holds(self, owner: str | None, counter: int) -> bool:
+        return owner == self.owner and counter >= self.counter
+
+
 @dataclass(slots=True)
 class Transaction:
     stream: str
@@ -37,6 +80,7 @@ class Transaction:
     # lambda sinks build the Lambda event from them; SQL sinks use `ops`).
     # Filled by the failure policy, which knows what was delivered already.
     records: list[Record] = field(default_factory=list)
+    fence: Fence | None = None  # the shard's lease, with several replicas
 
 
 @dataclass(slots=True)

@@ -28,6 +28,8 @@ BENCHMARKS = [
     ("bench.idle", [], False),
     ("bench.record_path", [], False),
     ("bench.fuzz", [], True),
+    ("bench.snapshot", [], False),
+    ("bench.replicas", [], False),
 ]
 
 

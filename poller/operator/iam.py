@@ -102,6 +102,10 @@ def stream_statements(cfg: StreamConfig) -> list[dict[str, Any]]:
             out.append(_statement(_sid(cfg.name, "FindStream"), "dynamodb", ("DescribeTable",), [table]))
             streams = [f"{table}/stream/*"]
         out.append(_statement(_sid(cfg.name, "ReadStream"), "dynamodb", DYNAMODB_STREAM_READ, streams))
+        if src.snapshot.mode != "none" or src.retention_gap_policy == "snapshot":
+            table_arn = streams[0].split("/stream/")[0]  # a snapshot scans the table
+            scan = ("DescribeTable", "Scan")
+            out.append(_statement(_sid(cfg.name, "ScanTable"), "dynamodb", scan, [table_arn]))
     elif isinstance(src, SqsSource):
         region, account, name = _queue(src.queue_url, src.region)
         arn = f"arn:aws:sqs:{region}:{account}:{name}"

@@ -4,6 +4,15 @@ failure rows, so a crash at any point replays without writing twice.
 
 A dialect supplies the SQL; `SqlSink.commit` is the one place that decides the
 order of the statements and how errors are classified.
+
+Fencing (several replicas): a transaction that carries a `Fence` reads its
+lease row with a shared lock as its last statement before COMMIT and rolls
+back with `Fenced` unless the row still names this worker at or above the
+counter it took the lease at. A taker's conditional write waits for that
+lock, so a commit that passed the check commits before any takeover, and one
+made after a takeover writes nothing. When the lease store keeps the
+checkpoints (DynamoDB), they go to it at that point instead, by a write
+conditional on the same lease.
 """
 
 from __future__ import annotations
@@ -27,8 +36,8 @@ from poller.records import (
 )
 from poller.rows import RowOp, RowShape, last_op_per_key
 from poller.sink_api import CommitResult as CommitResult
+from poller.sink_api import Fence, Fenced, Sink
 from poller.sink_api import MessageWrite as MessageWrite
-from poller.sink_api import Sink
 from poller.sink_api import Transaction as Transaction
 from poller.sinks.coercion import CoercionError, Converter, coerce_row, row_coercer
 
@@ -118,16 +127,34 @@ class SqlSink(Sink):
                     await self.delete(conn, deletes)
                 if failures:
                     await self.insert_failures(conn, failures)
-                if tx.checkpoints:
-                    await self.save_checkpoints(conn, tx.checkpoints)
+                fence = tx.fence
+                if fence is not None and fence.keeper is not None:
+                    # Last, so that nothing after it can fail once the lease store took them.
+                    await fence.keeper.save_checkpoints(tx.stream, tx.checkpoints, fence)
+                else:
+                    if tx.checkpoints:
+                        await self.save_checkpoints(conn, tx.checkpoints)
+                    if fence is not None:
+                        await self._check_fence(conn, tx.stream, fence)
                 result.rows = len(final)
-        except (TransientError, RecordError):
+        except (TransientError, RecordError, Fenced):
             raise
         except Exception as e:
             raise self.classify(e) from e
         return result
 
+    async def _check_fence(self, conn: Any, stream: str, fence: Fence) -> None:
+        row = await self.lease_row(conn, stream, fence.shard_id)
+        owner, counter = row if row is not None else (None, -1)
+        if not fence.holds(owner, counter):
+            raise Fenced(fence.shard_id, owner)
+
     # -- dialect hooks -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+        """(owner, lease_counter) of a `poller_leases` row, read inside the transaction
+        with a shared lock held to its end (a taker's write waits for the commit)."""
 
     @abc.abstractmethod
     def transaction(self) -> Any:

@@ -58,10 +58,18 @@ SQLITE = Types(
 )
 
 
+# Shard leases, when several replicas share a stream (`coordination:`). One row
+# per (stream, shard): `owner` NULL when free; every write is conditional on
+# `lease_counter` and moves it on; `state` is `open` or `ended` (read to its end:
+# never taken again). `updated_at` is for people: no worker compares wall clocks.
+LEASES_TABLE = "poller_leases"
+
+
 def bookkeeping(
     t: Types, q: str, checkpoints: str, processed: str, failures: str | None, suffix: str = ""
 ) -> list[str]:
-    """DDL for checkpoints, processed message ids and failures. `q` quotes identifiers."""
+    """DDL for checkpoints, processed message ids, failures and shard leases. `q` quotes identifiers."""
+    leases = quote_ident(LEASES_TABLE, q)
     stmts = [
         f"CREATE TABLE IF NOT EXISTS {checkpoints} ("
         f"stream {t.key} NOT NULL, shard_id {t.key} NOT NULL, sequence_number {t.text}, "
@@ -71,6 +79,11 @@ def bookkeeping(
         f"CREATE TABLE IF NOT EXISTS {processed} ("
         f"stream {t.key} NOT NULL, message_id {t.key} NOT NULL, "
         f"processed_at {t.ts} NOT NULL DEFAULT {t.now}, PRIMARY KEY (stream, message_id)){suffix}",
+        f"CREATE TABLE IF NOT EXISTS {leases} ("
+        f"stream {t.key} NOT NULL, shard_id {t.key} NOT NULL, owner {t.key}, "
+        f"lease_counter {t.bigint} NOT NULL DEFAULT 0, parent_shard_ids {t.text} NOT NULL DEFAULT '', "
+        f"state {t.key} NOT NULL DEFAULT 'open', updated_at {t.ts} NOT NULL DEFAULT {t.now}, "
+        f"PRIMARY KEY (stream, shard_id)){suffix}",
     ]
     if failures:
         stmts.append(

@@ -12,9 +12,10 @@ from poller.config import (
     StreamConfig,
     TableDestination,
 )
-from poller.rows import TableShape
+from poller.rows import RowShape, TableShape
 from poller.sink_api import Sink
 from poller.sinks.base import SqlSink
+from poller.sinks.windows import window_options
 
 
 def build_sink(cfg: StreamConfig, failures_table: str | None) -> Sink:
@@ -36,33 +37,36 @@ def build_sink(cfg: StreamConfig, failures_table: str | None) -> Sink:
     if isinstance(s, HandlerSinkConfig):
         from poller.sinks.handler import HandlerSink
 
-        return HandlerSink(s, cfg.name, failures_table=failures_table)
+        return HandlerSink(s, cfg.name, failures_table=failures_table, windows=window_options(cfg))
     if isinstance(s, LambdaSinkConfig):
         from poller.sinks.lambda_sink import LambdaSink
 
-        return LambdaSink(s, cfg.name, failures_table=failures_table)
+        return LambdaSink(s, cfg.name, failures_table=failures_table, windows=window_options(cfg))
     raise NotImplementedError(f"sink type {s.type!r} is not available in this build")
 
 
-def checkpoint_store(dsn: str, failures_table: str | None = None) -> SqlSink:
+def checkpoint_store(
+    dsn: str, failures_table: str | None = None, table: str = "", shape: RowShape | None = None
+) -> SqlSink:
     """The store of a user-code sink: a SQL sink with no target table, only checkpoints,
     processed ids and, with a `table` destination (the default on a stream), failure rows.
     The config refuses any other DSN first (`_checkpoint_dsn`); this refuses it again
-    rather than create a SQLite file named after it."""
-    shape = TableShape.of(None, [])
+    rather than create a SQLite file named after it. `table` and `shape`: rows the store
+    keeps besides (tumbling windows' state), written in the same transactions."""
+    shape = shape or TableShape.of(None, [])
     store = dsn_rules.kind(dsn)
     if store == "postgres":
         from poller.sinks.postgres import PostgresSink
 
-        return PostgresSink(dsn, shape, "", pool_size=1, failures_table=failures_table)
+        return PostgresSink(dsn, shape, table, pool_size=1, failures_table=failures_table)
     if store == "mysql":
         from poller.sinks.mysql import MysqlSink
 
-        return MysqlSink(dsn, shape, "", pool_size=1, failures_table=failures_table)
+        return MysqlSink(dsn, shape, table, pool_size=1, failures_table=failures_table)
     if store == "sqlite":
         from poller.sinks.sqlite import SqliteSink
 
-        return SqliteSink(dsn, shape, "", failures_table=failures_table)
+        return SqliteSink(dsn, shape, table, failures_table=failures_table)
     raise ValueError(f"checkpoint_dsn: not a checkpoint store; give {dsn_rules.CHECKPOINT_DSN_FORMS}")
 
 

@@ -8,6 +8,10 @@ the checkpoints and processed SQS message ids go to a checkpoint store (the
 SQL sinks' own bookkeeping tables, no target table) in a transaction of its
 own, after user code has returned. A crash in between delivers those records
 again.
+
+With `tumbling_window_seconds` the records go through `windows.py` instead,
+whose window rows the checkpoint store writes in the same transaction as the
+checkpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from poller.records import Checkpoint, PartialFailure, Record, RecordError, Tran
 from poller.rows import RowOp
 from poller.sink_api import CommitResult, Sink, Transaction
 from poller.sinks.factory import checkpoint_store
+from poller.sinks.windows import SHAPE, WINDOWS_TABLE, TumblingWindows, WindowOptions, create_table
 
 log = get_logger()
 
@@ -96,10 +101,23 @@ class EventSink(Sink):
     """
 
     def __init__(
-        self, checkpoint_dsn: str, report_batch_item_failures: bool, failures_table: str | None = None
+        self,
+        checkpoint_dsn: str,
+        report_batch_item_failures: bool,
+        failures_table: str | None = None,
+        *,
+        stream: str = "",
+        windows: WindowOptions | None = None,
     ):
-        self.store = checkpoint_store(checkpoint_dsn, failures_table)
+        self.checkpoint_dsn = checkpoint_dsn
+        self.failures_table = failures_table
         self.report_batch_item_failures = report_batch_item_failures
+        self.windows: TumblingWindows | None = None
+        if windows is None:
+            self.store = checkpoint_store(checkpoint_dsn, failures_table)
+        else:
+            self.store = checkpoint_store(checkpoint_dsn, failures_table, WINDOWS_TABLE, SHAPE)
+            self.windows = TumblingWindows(stream, windows, self.store, self)
         # Delivered but not yet recorded (the store failed): a retry of the
         # commit records them without handing them to user code again.
         self._unrecorded: set[tuple[str, str, int]] = set()
@@ -109,10 +127,34 @@ class EventSink(Sink):
         """Hand `records` to user code as one Lambda event; return its answer.
         Raises RecordError when user code fails, TransientError when it cannot be reached."""
 
+    @abc.abstractmethod
+    async def invoke(self, records: list[Record], fields: dict[str, Any], source_arn: str) -> Any:
+        """One invocation with the event `{"Records": [...], **fields}` (a tumbling
+        window's fields); the answer, parsed. Errors as for `deliver`."""
+
+    def fit(self, records: list[Record], fields: dict[str, Any]) -> int:
+        """How many of `records` one invocation with `fields` takes."""
+        return len(records)
+
+    def failed_items(self, answer: Any, records: list[Record]) -> set[str]:
+        return batch_item_failures(answer, records) if self.report_batch_item_failures else set()
+
     async def open(self) -> None:
+        if self.windows is not None:
+            # The store reads its window table's columns when it opens: create it first.
+            boot = checkpoint_store(self.checkpoint_dsn, self.failures_table)
+            try:
+                await boot.open()
+                await create_table(boot)
+            finally:
+                await boot.close()
         await self.store.open()
+        if self.windows is not None:
+            await self.windows.start()
 
     async def close(self) -> None:
+        if self.windows is not None:
+            await self.windows.close()
         await self.store.close()
 
     async def ping(self) -> None:
@@ -122,6 +164,8 @@ class EventSink(Sink):
         return ops  # user code takes records, not rows: the map stage gives none
 
     async def commit(self, tx: Transaction) -> CommitResult:
+        if self.windows is not None:
+            return await self.windows.commit(tx)
         records = [r for r in tx.records if _key(r) not in self._unrecorded]
         if records and tx.messages:
             # A redelivered SQS message that an earlier delivery recorded is not run again.
@@ -227,8 +271,20 @@ class HandlerSink(EventSink):
 
     kind = "handler"
 
-    def __init__(self, cfg: HandlerSinkConfig, stream: str, failures_table: str | None = None):
-        super().__init__(cfg.checkpoint_dsn, cfg.report_batch_item_failures, failures_table)
+    def __init__(
+        self,
+        cfg: HandlerSinkConfig,
+        stream: str,
+        failures_table: str | None = None,
+        windows: WindowOptions | None = None,
+    ):
+        super().__init__(
+            cfg.checkpoint_dsn,
+            cfg.report_batch_item_failures,
+            failures_table,
+            stream=stream,
+            windows=windows or WindowOptions.for_seconds(cfg.tumbling_window_seconds),
+        )
         self.cfg = cfg
         self.stream = stream
         self.function_name = cfg.function_name or stream
@@ -243,11 +299,10 @@ class HandlerSink(EventSink):
         self._limit = _limit(self.cfg.handler, self.cfg.max_concurrency)
         await super().open()
 
-    def context(self, records: list[Record]) -> LambdaContext:
-        first = records[0]
+    def context(self, region: str, source_arn: str) -> LambdaContext:
         return LambdaContext(
             function_name=self.function_name,
-            invoked_function_arn=function_arn(self.function_name, first.region, first.event_source_arn),
+            invoked_function_arn=function_arn(self.function_name, region, source_arn),
             memory_limit_in_mb=self.cfg.memory_limit_in_mb,
             timeout_seconds=self.cfg.timeout_seconds,
             log_stream_name=self._log_stream,
@@ -255,12 +310,19 @@ class HandlerSink(EventSink):
         )
 
     async def deliver(self, records: list[Record]) -> Any:
+        first = records[0]
+        return await self._call(lambda_event(records), first.region, first.event_source_arn)
+
+    async def invoke(self, records: list[Record], fields: dict[str, Any], source_arn: str) -> Any:
+        region = records[0].region if records else _region_of(source_arn)
+        return await self._call({**lambda_event(records), **fields}, region, source_arn)
+
+    async def _call(self, event: dict[str, Any], region: str, source_arn: str) -> Any:
         function = self.function
         if function is None or self._limit is None:
             raise TransientError("handler sink is not open")
-        event = lambda_event(records)
         async with self._limit:
-            context = self.context(records)
+            context = self.context(region, source_arn)
             if self.is_async:
                 task: asyncio.Future[Any] = asyncio.ensure_future(function(event, context))
             else:
@@ -289,3 +351,9 @@ class HandlerSink(EventSink):
                 raise  # a handler written for the poller may ask for a retry that costs no attempt
             except (Exception, SystemExit) as e:
                 raise HandlerError(f"{type(e).__name__}: {e}") from e
+
+
+def _region_of(arn: str) -> str:
+    """The region of an event source ARN (`arn:aws:kinesis:REGION:...`)."""
+    parts = arn.split(":")
+    return parts[3] if len(parts) > 3 else ""

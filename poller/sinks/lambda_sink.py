@@ -5,6 +5,10 @@ event of the source (`Invoke`, `RequestResponse`), from inside the VPC when
 The answer is read as an event source mapping reads it: `FunctionError` fails
 the batch (retries, bisection), a returned `batchItemFailures` fails those
 records. Throttling and 5xx are transient: retried without costing an attempt.
+
+On a tumbling window each invocation carries the window's fields after
+`Records`; a batch too large for one payload is invoked in parts, each part
+given the state the previous one returned (`windows.py` chains them).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Record, RecordError, TransientError
 from poller.sinks.handler import EventSink
+from poller.sinks.windows import WindowOptions
 
 log = get_logger()
 
@@ -50,6 +55,27 @@ def classify_invoke(exc: BaseException) -> Exception:
     return err
 
 
+def _tail(fields: dict[str, Any]) -> bytes:
+    """What follows the records in the payload: `]}`, or `],` and the fields."""
+    if not fields:
+        return _TAIL
+    return b"]," + json.dumps(fields, separators=(",", ":")).encode()[1:]
+
+
+def _item(record: Record) -> bytes:
+    return json.dumps(lambda_record(record), separators=(",", ":")).encode()
+
+
+def fitting(records: list[Record], fields: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> int:
+    """How many of `records`, from the first, fit one payload with `fields`."""
+    size = len(_HEAD) + len(_tail(fields))
+    for n, record in enumerate(records):
+        size += len(_item(record)) + (1 if n else 0)
+        if size > limit:
+            return n
+    return len(records)
+
+
 def split_event(records: list[Record], limit: int = MAX_PAYLOAD_BYTES) -> list[tuple[list[Record], bytes]]:
     """The event for `records` as JSON, cut into as few payloads in order as fit
     `limit` bytes each; each payload is `{"Records": [...]}` of its part."""
@@ -75,8 +101,20 @@ def split_event(records: list[Record], limit: int = MAX_PAYLOAD_BYTES) -> list[t
 class LambdaSink(EventSink):
     kind = "lambda"
 
-    def __init__(self, cfg: LambdaSinkConfig, stream: str, failures_table: str | None = None):
-        super().__init__(cfg.checkpoint_dsn, cfg.report_batch_item_failures, failures_table)
+    def __init__(
+        self,
+        cfg: LambdaSinkConfig,
+        stream: str,
+        failures_table: str | None = None,
+        windows: WindowOptions | None = None,
+    ):
+        super().__init__(
+            cfg.checkpoint_dsn,
+            cfg.report_batch_item_failures,
+            failures_table,
+            stream=stream,
+            windows=windows or WindowOptions.for_seconds(cfg.tumbling_window_seconds),
+        )
         self.cfg = cfg
         self.stream = stream
         self._stack: AsyncExitStack | None = None
@@ -126,7 +164,23 @@ class LambdaSink(EventSink):
                 failures.extend(items)
         return {"batchItemFailures": failures}
 
-    async def _invoke(self, payload: bytes, count: int) -> Any:
+    def fit(self, records: list[Record], fields: dict[str, Any]) -> int:
+        n = fitting(records, fields)
+        if n == 0:
+            size = len(_HEAD) + len(_item(records[0])) + len(_tail(fields))
+            raise PayloadTooLarge(
+                f"the event of one record with its window's state is {size} bytes; Lambda takes less "
+                f"than {MAX_PAYLOAD_BYTES + 1} bytes per synchronous invocation"
+            )
+        return n
+
+    async def invoke(self, records: list[Record], fields: dict[str, Any], source_arn: str) -> Any:
+        """One Invoke; the answer is parsed whatever `report_batch_item_failures`
+        says, since a window needs its `state` (an answer that is not JSON has none)."""
+        payload = _HEAD + b",".join(_item(r) for r in records) + _tail(fields)
+        return await self._invoke(payload, len(records), parse=True)
+
+    async def _invoke(self, payload: bytes, count: int, parse: bool = False) -> Any:
         kwargs: dict[str, Any] = {
             "FunctionName": self.cfg.function,
             "InvocationType": "RequestResponse",
@@ -143,6 +197,11 @@ class LambdaSink(EventSink):
             raise classify_invoke(e) from e
         if resp.get("FunctionError"):
             raise FunctionError(f"{self.cfg.function}: {resp['FunctionError']}: {_error_text(body)}")
+        if parse:
+            try:
+                return json.loads(body) if body else None
+            except ValueError:
+                return None
         if not self.report_batch_item_failures or not body:
             return None
         try:

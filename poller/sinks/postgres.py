@@ -260,6 +260,15 @@ class PostgresSink(SqlSink):
             [checkpoint_row(c) for c in checkpoints],
         )
 
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+        row = await conn.fetchrow(
+            f"SELECT owner, lease_counter FROM {q(ddl.LEASES_TABLE)} "
+            f"WHERE stream = $1 AND shard_id = $2 FOR SHARE",
+            stream,
+            shard_id,
+        )
+        return None if row is None else (row[0], int(row[1]))
+
     # -- reads outside the batch transaction -------------------------------------------
 
     async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:

@@ -198,6 +198,15 @@ class SqliteSink(SqlSink):
             [checkpoint_row(c) for c in checkpoints],
         )
 
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+        # The transaction began IMMEDIATE: no other writer runs until it ends.
+        async with conn.execute(
+            f"SELECT owner, lease_counter FROM {q(ddl.LEASES_TABLE)} WHERE stream = ? AND shard_id = ?",
+            (stream, shard_id),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
     async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:
         async with (
             self.transaction() as db,

@@ -23,7 +23,14 @@ from boto3.dynamodb.types import TypeDeserializer
 from poller.events import lambda_record
 from poller.records import DYNAMODB, Record
 
-__all__ = ["deserialize_image", "is_ttl_delete", "item_key", "plain_number", "to_record"]
+__all__ = [
+    "deserialize_image",
+    "is_ttl_delete",
+    "item_key",
+    "plain_number",
+    "snapshot_record",
+    "to_record",
+]
 
 _INTEGER = re.compile(r"^-?[0-9]+$")
 
@@ -72,11 +79,43 @@ class _PlainDeserializer(TypeDeserializer):  # type: ignore[misc]
 _DESERIALIZER = _PlainDeserializer()
 
 
+def _binary(value: bytes | str) -> bytes:
+    return base64.b64decode(value) if isinstance(value, str) else bytes(value)
+
+
+_CONVERT: dict[str, Any] = {
+    "BOOL": lambda v: v,
+    "NULL": lambda v: None,
+    "B": _binary,
+    "SS": sorted,
+    "NS": lambda v: _sorted([plain_number(x) for x in v]),
+    "BS": lambda v: sorted(_binary(x) for x in v),
+    "L": lambda v: [plain_value(x) for x in v],
+    "M": lambda v: {k: plain_value(x) for k, x in v.items()},
+}
+
+
+def plain_value(value: dict[str, Any]) -> Any:
+    """One typed attribute value as a plain one: `_PlainDeserializer`'s answer,
+    without its per-value method lookup (a third of a snapshot item's decoding).
+    Anything unusual (no key, an unknown type) goes to it, errors included."""
+    for kind, item in value.items():  # the first key, as boto3 takes it
+        if kind == "S":
+            return item
+        if kind == "N":
+            return plain_number(item)
+        convert = _CONVERT.get(kind)
+        if convert is not None:
+            return convert(item)
+        break
+    return _DESERIALIZER.deserialize(value)
+
+
 def deserialize_image(image: dict[str, Any] | None) -> dict[str, Any] | None:
     """A typed image (`Keys`, `NewImage`, `OldImage`) as a plain dict; None stays None."""
     if image is None:
         return None
-    return {name: _DESERIALIZER.deserialize(value) for name, value in image.items()}
+    return {name: plain_value(value) for name, value in image.items()}
 
 
 def is_ttl_delete(raw: dict[str, Any]) -> bool:
@@ -170,3 +209,87 @@ def to_record(
     )
     record.raw_data = json.dumps(lambda_record(record), separators=(",", ":")).encode()
     return record
+
+
+def snapshot_record(
+    item: dict[str, Any],
+    key_attributes: list[str],
+    *,
+    stream: str,
+    shard_id: str,
+    source_arn: str,
+    region: str,
+    read_at: float,
+    view_type: str = "NEW_AND_OLD_IMAGES",
+) -> Record:
+    """One item of a table's Scan → the `Record` of an INSERT whose new image is
+    the item, so it goes through the filters and `columns` as a stream record
+    would (`meta.snapshot` tells them apart).
+
+    Its sequence number is the item's key (`item_key`): unique within the
+    table and the same however often the item is read, so append-mode rows of
+    a snapshot read twice are written once. `raw` has the shape of a stream
+    record (Lambda's event form for the handler sink and the filters).
+    """
+    new = deserialize_image(item) or {}
+    keys = {name: new[name] for name in key_attributes if name in new}
+    key_text = item_key(keys)
+    raw: dict[str, Any] = {
+        "eventID": key_text,
+        "eventName": "INSERT",
+        "eventVersion": "1.1",
+        "eventSource": DYNAMODB,
+        "awsRegion": region,
+        "dynamodb": {
+            "ApproximateCreationDateTime": read_at,
+            "Keys": {name: item[name] for name in key_attributes if name in item},
+            "NewImage": item,
+            "SequenceNumber": key_text,
+            "StreamViewType": view_type,
+        },
+    }
+    return SnapshotRecord(
+        source=DYNAMODB,
+        stream=stream,
+        shard_id=shard_id,
+        sequence_number=key_text,
+        data=new,
+        partition_key=key_text,
+        arrival_time=read_at,
+        meta={
+            "event_name": "INSERT",
+            "event_id": key_text,
+            "keys": keys,
+            "new": new,
+            "old": None,
+            "ttl_delete": False,
+            "stream_view_type": view_type,
+            "snapshot": True,
+        },
+        raw=raw,
+        event_source_arn=source_arn,
+        region=region,
+    )
+
+
+_RAW_DATA = Record.__dict__["raw_data"]  # the slot that `Record.raw_data` names
+
+
+class SnapshotRecord(Record):
+    """A snapshot item's record, whose `raw_data` (the Lambda event form of the
+    record, only ever read when the record fails) is built on first use: it
+    costs more than the rest of the record (16 of 27 µs for a 7-attribute item)."""
+
+    __slots__ = ()
+
+    @property
+    def raw_data(self) -> bytes:
+        value: bytes = _RAW_DATA.__get__(self)
+        if not value:
+            value = json.dumps(lambda_record(self), separators=(",", ":")).encode()
+            _RAW_DATA.__set__(self, value)
+        return value
+
+    @raw_data.setter
+    def raw_data(self, value: bytes) -> None:
+        _RAW_DATA.__set__(self, value)

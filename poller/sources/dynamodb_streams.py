@@ -10,13 +10,21 @@ What differs from Kinesis stays here, behind the same four calls:
   answers; a mapping that needs what it leaves out stops the stream at start
   with a `ViewTypeMismatch` naming the field (see `dynamodb_views`).
 - TrimmedDataAccessException (the checkpoint or the iterator is older than
-  the 24-hour retention) is logged and counted, then reading goes on from
-  TRIM_HORIZON — or, with `on_trimmed: stop`, the adapter stops the shard
+  the 24-hour retention) is a retention gap (`retention.report_gap`: counted,
+  logged with the time range lost, found by reading the oldest record still
+  held), then, as `on_retention_gap` (or the older `on_trimmed`) says:
+  reading goes on from TRIM_HORIZON, or the adapter stops the shard
   (`ShardStopped(TRIMMED)`) and the fleet stops the stream once what its
-  lanes are committing is committed.
+  lanes are committing is committed — for `stop`, and for `snapshot`, where
+  the consumer then re-syncs the table (`snapshot.TableSnapshot.resync`).
 - ResourceNotFoundException for a closed shard means it has been trimmed
-  away entirely: the shard has ended.
+  away entirely: the shard has ended, and what was left of it is a gap too.
 - At most two readers per shard are allowed; the machinery runs one.
+
+The consumer runs the table's snapshot first when `snapshot.mode` asks for
+one (`snapshot`), checks the stored positions against the retention
+(`retention.settle_vanished`; a snapshot whose recorded position has fallen
+out of the retention at switch-over), then the shard fleet.
 
 The client makes no retries of its own: the shard machinery retries every
 call with its own backoff, so each throttling error is seen and counted.
@@ -25,6 +33,7 @@ call with its own backoff, so each throttling error is seen and counted.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +46,7 @@ from poller.sources import fast_parse
 from poller.sources.base import SourceConsumer
 from poller.sources.dynamodb_records import creation_time, to_record
 from poller.sources.dynamodb_views import check_view_type
+from poller.sources.retention import DYNAMODB_RETENTION_SECONDS, report_gap, settle_vanished
 from poller.sources.shards import (
     AFTER_SEQUENCE_NUMBER,
     AT_SEQUENCE_NUMBER,
@@ -52,6 +62,7 @@ from poller.sources.shards import (
     Throttled,
     retrying,
 )
+from poller.sources.snapshot import SNAPSHOT_ID, TableSnapshot, switch_over_gap
 
 __all__ = ["DynamoDBShardApi", "DynamoDBStreamsConsumer", "split_stream_arn"]
 
@@ -96,13 +107,15 @@ class DynamoDBShardApi:
         stream_label: str,
         region: str,
         *,
-        on_trimmed: str = "continue",
+        on_retention_gap: str = "continue",
+        policy_field: str = "on_retention_gap",
     ):
         self.client = client
         self.arn = stream_arn
         self.label = stream_label  # the configured stream name
         self.region = region
-        self.on_trimmed = on_trimmed
+        self.on_retention_gap = on_retention_gap
+        self.policy_field = policy_field  # the setting named in log lines
         self.view_type: str | None = None
         self.key_attributes: list[str] | None = None
         self.table: str | None = None
@@ -117,6 +130,8 @@ class DynamoDBShardApi:
         # DynamoDB Streams has no AT_TIMESTAMP iterator: a shard opened at a moment
         # is read from TRIM_HORIZON, dropping what was written before it.
         self._not_before: dict[str, float] = {}
+        # Creation time of the last record handed out per shard: where a gap begins.
+        self._last_time: dict[str, float] = {}
 
     # -- errors --------------------------------------------------------------------
 
@@ -200,7 +215,7 @@ class DynamoDBShardApi:
                 kwargs = {"StreamArn": self.arn, "ShardId": shard_id, "ShardIteratorType": TRIM_HORIZON}
                 resp = await self._call("GetShardIterator", self.client.get_shard_iterator, **kwargs)
         except _NotFound as e:
-            return self._gone(shard_id, e)
+            return await self._gone(shard_id, e)
         iterator: str = resp["ShardIterator"]
         self._track(shard_id, iterator)
         return iterator
@@ -221,7 +236,7 @@ class DynamoDBShardApi:
         except _NotFound as e:
             if shard_id is None:
                 raise RecordError(f"GetRecords: {e}") from e
-            self._gone(shard_id, e)
+            await self._gone(shard_id, e)
             return ReadResult([], None)
         following: str | None = resp.get("NextShardIterator")
         records: list[dict[str, Any]] = resp.get("Records", [])
@@ -238,6 +253,15 @@ class DynamoDBShardApi:
     def to_record(self, raw: dict[str, Any], shard_id: str) -> Record:
         return to_record(raw, stream=self.label, shard_id=shard_id, stream_arn=self.arn, region=self.region)
 
+    def forget_reads(self) -> None:
+        """Forget every shard's reading state, for a fleet that starts over (after a re-sync)."""
+        for shard_id in list(self._current):
+            self._forget(shard_id)
+        self._shard_of.clear()
+        self._last_read.clear()
+        self._not_before.clear()
+        self._last_time.clear()
+
     # -- the DynamoDB-specific cases -----------------------------------------------
 
     def _track(self, shard_id: str, iterator: str) -> None:
@@ -253,6 +277,7 @@ class DynamoDBShardApi:
             self._shard_of.pop(old, None)
         self._last_read.pop(shard_id, None)
         self._not_before.pop(shard_id, None)
+        self._last_time.pop(shard_id, None)
 
     def _unread(self, shard_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Drop records already handed out. On AWS a TRIM_HORIZON reopen after a
@@ -265,6 +290,7 @@ class DynamoDBShardApi:
             records = [r for r in records if seq_int(r["dynamodb"]["SequenceNumber"]) > last]
         if records:
             self._last_read[shard_id] = seq_int(records[-1]["dynamodb"]["SequenceNumber"])
+            self._last_time[shard_id] = creation_time(records[-1])
         return records
 
     def _since(self, shard_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -277,11 +303,24 @@ class DynamoDBShardApi:
                 return records[i:]
         return []
 
-    def _gone(self, shard_id: str, error: Exception) -> str:
-        """A closed shard past retention has ended; an open one vanishing means the
-        stream itself is gone, which the stream must not take as an end."""
+    async def _gone(self, shard_id: str, error: Exception) -> str:
+        """A closed shard past retention has ended, and what was left unread in it
+        is a retention gap; an open one vanishing means the stream itself is gone,
+        which the stream must not take as an end."""
         if shard_id not in self.closed:
             raise RecordError(f"shard {shard_id} of {self.arn} not found while open: {error}")
+        policy = self.on_retention_gap
+        report_gap(
+            self.label,
+            shard_id,
+            "closed shard no longer exists (trimmed away, past the stream's 24-hour retention) "
+            f"before it was read to its end: what was left in it is lost; {self._action()}",
+            policy=policy,
+            lost_from=self._last_time.get(shard_id),
+            lost_until=time.time() - DYNAMODB_RETENTION_SECONDS,
+            error=str(error),
+        )
+        self._stop_if_configured(shard_id)
         log.info("closed shard no longer exists: it has ended", stream=self.label, shard=shard_id)
         self._forget(shard_id)
         return _ENDED + shard_id
@@ -289,29 +328,56 @@ class DynamoDBShardApi:
     async def _trimmed(self, shard_id: str, what: str, error: Exception) -> None:
         """Count and log lost data; go on from TRIM_HORIZON, or stop the shard (and so the stream)."""
         metrics.TRIMMED.labels(self.label, shard_id).inc()
-        if self.on_trimmed == "stop":
-            log.error(
-                "records were trimmed before they were read (older than the stream's 24-hour "
-                "retention); stopping the stream as configured (on_trimmed: stop)",
-                stream=self.label,
-                shard=shard_id,
-                position=what,
-                error=str(error),
-            )
-            raise ShardStopped(StopReason.TRIMMED, f"{shard_id}: {error}")
-        log.error(
+        report_gap(
+            self.label,
+            shard_id,
             "records were trimmed before they were read (older than the stream's 24-hour "
-            "retention); continuing from TRIM_HORIZON, the trimmed records are lost",
-            stream=self.label,
-            shard=shard_id,
+            f"retention); {self._action()}",
+            policy=self.on_retention_gap,
+            lost_from=self._last_time.get(shard_id),
+            lost_until=await self._oldest(shard_id),
             position=what,
             error=str(error),
         )
+        self._stop_if_configured(shard_id)
+
+    def _action(self) -> str:
+        policy = self.on_retention_gap
+        if policy == "stop":
+            return f"stopping the stream as configured ({self.policy_field}: stop)"
+        if policy == "snapshot":
+            return f"re-syncing the table with a new snapshot as configured ({self.policy_field}: snapshot)"
+        return "continuing from TRIM_HORIZON, the trimmed records are lost"
+
+    def _stop_if_configured(self, shard_id: str) -> None:
+        if self.on_retention_gap in ("stop", "snapshot"):
+            raise ShardStopped(StopReason.TRIMMED, f"{shard_id}: retention gap")
+
+    async def _oldest(self, shard_id: str) -> float | None:
+        """When the oldest record the shard still holds was created: where the gap
+        ends (now, if it holds none). Read apart from the shard's own iterator."""
+        try:
+            resp = await self._call(
+                "GetShardIterator",
+                self.client.get_shard_iterator,
+                StreamArn=self.arn,
+                ShardId=shard_id,
+                ShardIteratorType=TRIM_HORIZON,
+            )
+            page = await self._call(
+                "GetRecords", self.client.get_records, ShardIterator=resp["ShardIterator"], Limit=1
+            )
+        except Exception as e:  # only a log field depends on it
+            log.warning("could not read the oldest record still held", stream=self.label, error=str(e))
+            return None
+        records = page.get("Records") or []
+        return creation_time(records[0]) if records else time.time()
 
 
 class DynamoDBStreamsConsumer(SourceConsumer):
     """Runs one DynamoDB stream: find it, check the mapping fits its view type,
-    then the shard fleet until `stop` (or until trimming stops it)."""
+    take the table's snapshot if one is wanted, then the shard fleet until
+    `stop` — acting on retention gaps as `on_retention_gap` says."""
 
     @property
     def src(self) -> DynamoDBSource:
@@ -327,13 +393,22 @@ class DynamoDBStreamsConsumer(SourceConsumer):
             except ValueError as e:
                 raise ConfigError([f"stream {name!r}: source.stream_arn: {e}"]) from None
         region = region_of(self.src.region or arn_region)
+        if self.src.snapshot.mode == "only":
+            await self._snapshot_only(stop, region)
+            return
         endpoint = self.src.endpoint_url
         arn = self.src.stream_arn or await self._latest_stream_arn(stop, region)
         if arn is None:
             return
-        async with aws_client("dynamodbstreams", region, endpoint, max_attempts=0) as client:
+        policy = self.src.retention_gap_policy
+        field = "on_retention_gap" if self.src.on_retention_gap else "on_trimmed"
+        async with (
+            aws_client("dynamodbstreams", region, endpoint, max_attempts=0) as client,
+            aws_client("dynamodb", region, endpoint, max_attempts=0) as ddb,
+        ):
             fast_parse.install(client, ["GetRecords"])  # as for Kinesis: the parser is most of the CPU
-            api = DynamoDBShardApi(client, arn, name, region, on_trimmed=self.src.on_trimmed)
+            fast_parse.install(ddb, ["Scan"])
+            api = DynamoDBShardApi(client, arn, name, region, on_retention_gap=policy, policy_field=field)
             status = await retrying(stop, name, "DescribeStream", api.describe)
             if status is None:
                 return
@@ -347,18 +422,99 @@ class DynamoDBStreamsConsumer(SourceConsumer):
                 view_type=api.view_type,
                 status=status,
             )
-            fleet = ShardFleet(
-                api,
-                ShardOptions.from_config(self.cfg, min_read_interval=MIN_READ_INTERVAL),
-                self.cfg,
-                self.sink,
-                self.destination,
-                self.preparer,
-                self.on_source_ready,
-                self.on_health,
-            )
-            if await fleet.run(stop) is StopReason.TRIMMED:
-                log.error("stream stopped after trimmed records (on_trimmed: stop)", stream=name)
+            table = api.table or split_stream_arn(arn)[0]
+            snapshot = self._snapshot(ddb, table, region, arn, api.view_type)
+            if not await snapshot.load(stop):
+                return
+            action: str | None = "continue"
+            if snapshot.wanted():
+                self.on_source_ready()
+                action = await self._scan(stop, snapshot, policy)
+            while action is not None and not stop.is_set():
+                if action == "stop":
+                    log.error(f"stream stopped after a retention gap ({field}: stop)", stream=name)
+                    return
+                if action == "snapshot":
+                    action = await self._scan(stop, snapshot, policy, resync=True)
+                    continue
+                action = await settle_vanished(stop, name, self.sink, api, policy, DYNAMODB_RETENTION_SECONDS)
+                if action != "continue":
+                    continue
+                api.forget_reads()
+                if await self._fleet(api).run(stop) is not StopReason.TRIMMED:
+                    return
+                action = policy if policy != "continue" else None
+
+    def _snapshot(
+        self, ddb: Any, table: str, region: str, arn: str | None, view_type: str | None
+    ) -> TableSnapshot:
+        return TableSnapshot(
+            self.cfg,
+            self.sink,
+            self.destination,
+            self.preparer,
+            ddb,
+            table,
+            region,
+            self.on_health,
+            stream_arn=arn,
+            view_type=view_type,
+        )
+
+    def _fleet(self, api: DynamoDBShardApi) -> ShardFleet:
+        return ShardFleet(
+            api,
+            ShardOptions.from_config(self.cfg, min_read_interval=MIN_READ_INTERVAL),
+            self.cfg,
+            self.sink,
+            self.destination,
+            self.preparer,
+            self.on_source_ready,
+            self.on_health,
+        )
+
+    async def _scan(
+        self, stop: asyncio.Event, snapshot: TableSnapshot, policy: str, *, resync: bool = False
+    ) -> str | None:
+        """Take (or resume) the snapshot; then what to do at switch-over: `continue`
+        to the stream, or the policy for a gap (None: stopped)."""
+        done = await (snapshot.resync(stop) if resync else snapshot.run(stop))
+        if not done:
+            return None
+        state = snapshot.state
+        if not snapshot.completed_now or state is None or state.done is None:
+            return "continue"
+        gap = switch_over_gap(state.began, state.done, DYNAMODB_RETENTION_SECONDS)
+        if gap is None:
+            return "continue"
+        report_gap(
+            self.cfg.name,
+            SNAPSHOT_ID,
+            "the snapshot took longer than the stream's 24-hour retention: the changes made early in "
+            "the scan are gone from the stream, and the target may miss them",
+            policy=policy,
+            lost_from=gap[0],
+            lost_until=gap[1],
+        )
+        return policy
+
+    async def _snapshot_only(self, stop: asyncio.Event, region: str) -> None:
+        """`snapshot.mode: only`: the table's items, then the stream ends; no stream is read."""
+        src = self.src
+        table = src.table or split_stream_arn(src.stream_arn or "")[0]
+        async with aws_client("dynamodb", region, src.endpoint_url, max_attempts=0) as ddb:
+            fast_parse.install(ddb, ["Scan"])
+            snapshot = self._snapshot(ddb, table, region, None, None)
+            if not await snapshot.load(stop):
+                return
+            self.on_source_ready()
+            if snapshot.state is not None and snapshot.state.done is not None:
+                log.info(
+                    "snapshot already complete (snapshot.mode: only): nothing to do", stream=self.cfg.name
+                )
+                return
+            if await snapshot.run(stop):
+                log.info("snapshot.mode is only: the stream is not read", stream=self.cfg.name)
 
     async def _latest_stream_arn(self, stop: asyncio.Event, region: str) -> str | None:
         """The table's current stream; waits (with backoff) while the table or its stream is missing."""

@@ -3,12 +3,26 @@ that runs the shared shard machinery (`poller.sources.shards`) on it.
 
 The client makes no retries of its own: the shard machinery retries every
 call with its own backoff, so each throttling error is seen and counted.
+
+Retention gaps (see `retention`): Kinesis answers a position past its
+retention without an error, from the oldest record it still holds. So every
+iterator opened at a sequence number is opened AT it (AFTER_SEQUENCE_NUMBER
+becomes AT, and that record is dropped here), and the first record read from
+it must be that record: if it is not, the record is gone, and with it
+whatever followed it up to the first record still held — a gap, reported
+with the time range it covers and handled as `on_retention_gap` says. AWS
+answers such a position with empty pages at MillisBehindLatest = the
+retention (from DescribeStreamSummary) while it walks the trimmed stretch:
+that is a gap too, and reading skips to TRIM_HORIZON. Before the shards are
+opened, a running checkpoint of a shard the listing no longer shows is a gap
+as well (`retention.vanished`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code, region_of
@@ -17,15 +31,19 @@ from poller.observability.logging import get_logger
 from poller.records import KINESIS, Record, TransientError
 from poller.sources import fast_parse
 from poller.sources.base import SourceConsumer
+from poller.sources.retention import report_gap, settle_vanished
 from poller.sources.shards import (
     AFTER_SEQUENCE_NUMBER,
     AT_SEQUENCE_NUMBER,
     AT_TIMESTAMP,
+    TRIM_HORIZON,
     IteratorExpired,
     ReadResult,
     ShardFleet,
     ShardInfo,
     ShardOptions,
+    ShardStopped,
+    StopReason,
     Throttled,
     retrying,
 )
@@ -55,15 +73,43 @@ def split_stream(stream: str) -> tuple[str, str | None, str | None]:
     return stream, None, None
 
 
-class KinesisShardApi:
-    """The four calls the shard machinery needs, with Kinesis errors mapped to its own."""
+@dataclass(slots=True)
+class _Expected:
+    """An iterator opened at a sequence number: its first record must be that one."""
 
-    def __init__(self, client: Any, stream_name: str, stream_label: str, region: str, arn: str = ""):
+    shard_id: str
+    sequence_number: str
+    after: bool  # asked AFTER it: the record itself is dropped
+
+
+class KinesisShardApi:
+    """The four calls the shard machinery needs, with Kinesis errors mapped to its own.
+
+    With `on_retention_gap` set (the daemon's streams; operator commands leave
+    it None), reopening at a sequence number checks that its record is still
+    there (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        stream_name: str,
+        stream_label: str,
+        region: str,
+        arn: str = "",
+        *,
+        on_retention_gap: str | None = None,
+    ):
         self.client = client
         self.stream_name = stream_name
         self.label = stream_label
         self.region = region
         self.arn = arn
+        self.on_retention_gap = on_retention_gap
+        self.retention_hours: float | None = None
+        # Iterators whose first record is still to be checked; one per shard at most
+        # (`_checking`), so the maps stay bounded by the shard count.
+        self._expected: dict[str, _Expected] = {}
+        self._checking: dict[str, str] = {}
 
     async def _call(self, operation: str, method: Any, **kwargs: Any) -> Any:
         try:
@@ -83,7 +129,10 @@ class KinesisShardApi:
         resp = await self._call(
             "DescribeStreamSummary", self.client.describe_stream_summary, StreamName=self.stream_name
         )
-        self.arn = str(resp["StreamDescriptionSummary"]["StreamARN"])
+        summary = resp["StreamDescriptionSummary"]
+        self.arn = str(summary["StreamARN"])
+        hours = summary.get("RetentionPeriodHours")
+        self.retention_hours = float(hours) if isinstance(hours, int | float) else None
         return self.arn
 
     async def list_shards(self) -> list[ShardInfo]:
@@ -107,6 +156,10 @@ class KinesisShardApi:
         sequence_number: str | None = None,
         timestamp: datetime | None = None,
     ) -> str:
+        checked = self.on_retention_gap is not None and kind in (AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER)
+        after = checked and kind == AFTER_SEQUENCE_NUMBER
+        if after:
+            kind = AT_SEQUENCE_NUMBER  # so that the record's absence shows
         kwargs: dict[str, Any] = {
             "StreamName": self.stream_name,
             "ShardId": shard_id,
@@ -118,14 +171,73 @@ class KinesisShardApi:
             kwargs["Timestamp"] = timestamp
         resp = await self._call("GetShardIterator", self.client.get_shard_iterator, **kwargs)
         iterator: str = resp["ShardIterator"]
+        self._uncheck(shard_id)
+        if checked and sequence_number is not None:
+            self._expect(iterator, _Expected(shard_id, sequence_number, after))
         return iterator
 
     async def read(self, iterator: str, limit: int) -> ReadResult:
         resp = await self._call("GetRecords", self.client.get_records, ShardIterator=iterator, Limit=limit)
         children = tuple(c["ShardId"] for c in resp.get("ChildShards") or ())
-        return ReadResult(
-            resp["Records"], resp.get("NextShardIterator"), resp.get("MillisBehindLatest"), children
+        records: list[dict[str, Any]] = resp["Records"]
+        following: str | None = resp.get("NextShardIterator")
+        behind = resp.get("MillisBehindLatest")
+        expected = self._expected.pop(iterator, None)
+        if expected is not None:
+            self._checking.pop(expected.shard_id, None)
+            if not records and self._past_retention(behind):
+                # AWS walks a trimmed stretch with empty answers this far behind: skip it.
+                self._gap(expected, None)
+                following = await self.iterator(expected.shard_id, TRIM_HORIZON)
+            elif not records:
+                if following:  # nothing yet: the first record to come is the one checked
+                    self._expect(following, expected)
+            elif records[0]["SequenceNumber"] == expected.sequence_number:
+                if expected.after:
+                    records = records[1:]
+            else:
+                self._gap(expected, records[0])
+        return ReadResult(records, following, behind, children)
+
+    def _past_retention(self, millis_behind: object) -> bool:
+        """An answer this far behind is a position at the stream's retention: its
+        records are gone (the first sign AWS gives of a trimmed checkpoint)."""
+        if not isinstance(millis_behind, int) or not self.retention_hours:
+            return False
+        return millis_behind >= self.retention_hours * 3_600_000
+
+    def _expect(self, iterator: str, expected: _Expected) -> None:
+        self._uncheck(expected.shard_id)
+        self._expected[iterator] = expected
+        self._checking[expected.shard_id] = iterator
+
+    def _uncheck(self, shard_id: str) -> None:
+        old = self._checking.pop(shard_id, None)
+        if old is not None:
+            self._expected.pop(old, None)
+
+    def _gap(self, expected: _Expected, first: dict[str, Any] | None) -> None:
+        """The record reading resumed at is gone: what followed it, up to the first
+        record still held (`first`; None: not read yet, the boundary is the
+        retention), was lost. Report it; stop the stream if so configured."""
+        policy = self.on_retention_gap or "continue"
+        arrival = first.get("ApproximateArrivalTimestamp") if first is not None else None
+        if first is None and self.retention_hours:
+            arrival = datetime.now(UTC) - timedelta(hours=self.retention_hours)
+        report_gap(
+            self.label,
+            expected.shard_id,
+            "the record reading resumed at is gone from the stream (past its retention): the records "
+            "after it up to the first record still held were lost"
+            + ("; stopping the stream as configured" if policy == "stop" else "; continuing"),
+            policy=policy,
+            lost_until=fast_parse.epoch_seconds(arrival) if isinstance(arrival, datetime) else None,
+            lost_after_sequence=expected.sequence_number,
+            first_sequence=first.get("SequenceNumber") if first is not None else None,
+            retention_hours=self.retention_hours,
         )
+        if policy == "stop":
+            raise ShardStopped(StopReason.TRIMMED, f"{expected.shard_id}: retention gap")
 
     def to_record(self, raw: dict[str, Any], shard_id: str) -> Record:
         data = raw["Data"]
@@ -160,10 +272,20 @@ class KinesisConsumer(SourceConsumer):
         region = region_of(self.src.region or arn_region)
         async with aws_client("kinesis", region, self.src.endpoint_url, max_attempts=0) as client:
             fast_parse.install(client, ["GetRecords"])  # botocore's parser is most of a record's CPU
-            api = KinesisShardApi(client, name, self.cfg.name, region, arn or "")
+            policy = self.src.retention_gap_policy
+            api = KinesisShardApi(client, name, self.cfg.name, region, arn or "", on_retention_gap=policy)
             if await retrying(stop, self.cfg.name, "DescribeStreamSummary", api.describe) is None:
                 return
-            log.info("stream found", stream=self.cfg.name, kinesis_stream=name, arn=api.arn)
+            log.info(
+                "stream found",
+                stream=self.cfg.name,
+                kinesis_stream=name,
+                arn=api.arn,
+                retention_hours=api.retention_hours,
+            )
+            retention = api.retention_hours * 3600 if api.retention_hours else None
+            if await settle_vanished(stop, self.cfg.name, self.sink, api, policy, retention) != "continue":
+                return  # stopped, or `on_retention_gap: stop`
             fleet = ShardFleet(
                 api,
                 ShardOptions.from_config(self.cfg, min_read_interval=MIN_READ_INTERVAL),
@@ -174,4 +296,7 @@ class KinesisConsumer(SourceConsumer):
                 self.on_source_ready,
                 self.on_health,
             )
-            await fleet.run(stop)
+            if await fleet.run(stop) is StopReason.TRIMMED:
+                log.error(
+                    "stream stopped after a retention gap (on_retention_gap: stop)", stream=self.cfg.name
+                )

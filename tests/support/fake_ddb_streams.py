@@ -18,7 +18,12 @@ botocore/aiobotocore, and lets a test script what moto cannot:
 
 It also records what the client did: calls per operation and the largest
 number of concurrent GetRecords calls on each shard (AWS allows two readers).
-`DynamoDB_20120810.DescribeTable` answers too, so `table:` configs resolve.
+`DynamoDB_20120810.DescribeTable` answers too, so `table:` configs resolve,
+and so does `Scan` of the table's items as the test sets them (`set_item`,
+`delete_item`: the stream records are the test's to script, as always), with
+`Segment`/`TotalSegments`, `Limit`, `ExclusiveStartKey` and a
+`ConsumedCapacity` of half a unit per item read — so a snapshot, a re-sync
+after a forged trim among them, runs against the fake too.
 
 Everything runs in a thread of the test process (`ThreadingHTTPServer`), so
 synchronous tests can script it while the daemon runs as a child process.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import hashlib
 import json
 import threading
 import time
@@ -133,6 +139,7 @@ class FakeDynamoDBStreams:
         self._shards: dict[str, _Shard] = {}  # insertion order = creation order
         self._iterators: dict[str, _Iterator] = {}
         self._injected: list[_Injected] = []
+        self._items: dict[str, dict[str, Any]] = {}  # canonical key JSON → plain item
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -270,6 +277,18 @@ class FakeDynamoDBStreams:
         with self._lock:
             self._injected.append(_Injected(f"{operation}:{code}", status, shard_id, times))
 
+    def set_item(self, item: dict[str, Any]) -> None:
+        """Put an item (plain values) into the table that Scan reads."""
+        with self._lock:
+            self._items[self._key_of(item)] = dict(item)
+
+    def delete_item(self, keys: dict[str, Any]) -> None:
+        with self._lock:
+            self._items.pop(self._key_of(keys), None)
+
+    def _key_of(self, values: dict[str, Any]) -> str:
+        return json.dumps([str(values[name]) for name, _ in self.key_schema])
+
     def shards(self) -> list[str]:
         with self._lock:
             return [s.shard_id for s in self._shards.values() if not s.removed]
@@ -286,6 +305,8 @@ class FakeDynamoDBStreams:
             self.calls[operation] += 1
         if service == "DynamoDB_20120810" and operation == "DescribeTable":
             return self._describe_table(body)
+        if service == "DynamoDB_20120810" and operation == "Scan":
+            return self._scan(body)
         if service != "DynamoDBStreams_20120810":
             raise _ApiError("UnknownOperationException", f"unsupported target {target}")
         handler = {
@@ -332,6 +353,8 @@ class FakeDynamoDBStreams:
         return {
             "Table": {
                 "TableName": self.table,
+                "TableArn": self.arn.split("/stream/")[0],
+                "ItemCount": len(self._items),
                 "TableStatus": "ACTIVE",
                 "KeySchema": self._key_schema(),
                 "StreamSpecification": {"StreamEnabled": True, "StreamViewType": self.view_type},
@@ -339,6 +362,36 @@ class FakeDynamoDBStreams:
                 "LatestStreamArn": self.arn,
             }
         }
+
+    def _scan(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._maybe_fail("Scan", None)
+        if body.get("TableName") != self.table:
+            raise _ApiError(
+                "ResourceNotFoundException", f"Requested resource not found: {body.get('TableName')}"
+            )
+        segment, total = int(body.get("Segment", 0)), int(body.get("TotalSegments", 1))
+        limit = int(body.get("Limit", 1_000_000))
+        with self._lock:
+            keys = sorted(
+                k for k in self._items if int(hashlib.md5(k.encode()).hexdigest(), 16) % total == segment
+            )
+            start = body.get("ExclusiveStartKey")
+            if start:
+                plain = {name: next(iter(v.values())) for name, v in start.items()}
+                after = self._key_of(plain)
+                keys = [k for k in keys if k > after]
+            page = keys[:limit]
+            out: dict[str, Any] = {
+                "Items": [_image(self._items[k]) for k in page],
+                "Count": len(page),
+                "ScannedCount": len(page),
+            }
+        if body.get("ReturnConsumedCapacity") in ("TOTAL", "INDEXES"):
+            out["ConsumedCapacity"] = {"TableName": self.table, "CapacityUnits": max(0.5, 0.5 * len(page))}
+        if len(keys) > limit:
+            last = self._items[page[-1]]
+            out["LastEvaluatedKey"] = {name: _typed(last[name]) for name, _ in self.key_schema}
+        return out
 
     def _list_streams(self, body: dict[str, Any]) -> dict[str, Any]:
         self._maybe_fail("ListStreams", None)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from poller.processing.failures import Unit
 from poller.records import Checkpoint, Failure, Position, ShardState
 from poller.rows import RowOp
-from poller.sink_api import Transaction
+from poller.sink_api import Fence, Transaction
 from poller.sources.shards.api import ShardInfo
 from poller.sources.shards.positions import PrefixTracker, lane_checkpoint_id
 
@@ -39,9 +39,6 @@ class ShardTransaction(Transaction):
     lane: int = 0
     last: Position | None = None  # the last unit's position
     completed: list[tuple[str, Position]] = field(default_factory=list)  # source records it finishes
-    # The lease's fencing token, for the sink to check inside the transaction
-    # once shards are leased; None while one process owns every shard.
-    fence: object | None = None
 
 
 class ShardProgress:
@@ -63,6 +60,9 @@ class ShardProgress:
         self.written = checkpoint  # the shard row as last committed
         self.lock = asyncio.Lock()
         self.on_checkpointed = on_checkpointed
+        # The shard's lease, checked by the sink inside each commit (`Transaction.fence`);
+        # None while one process reads every shard.
+        self.fence: Fence | None = None
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -162,5 +162,6 @@ class LaneCheckpointer:
         progress = self.progress
         async with progress.lock:
             tx.checkpoints = progress.rows_for(tx)
+            tx.fence = progress.fence
             yield
             progress.committed(tx)

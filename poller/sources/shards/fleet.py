@@ -13,20 +13,44 @@ may be read.
   may start; the tombstone goes once every child has a checkpoint), TRIMMED
   stops the whole stream (`run` returns it), REQUESTED needs nothing. A worker
   that fails fails the stream (the supervisor restarts it).
+
+With `coordination:` (several replicas, `poller.coordination`) a shard is read
+only while this process holds its lease:
+- the fleet tells its `LeaseCoordinator` which shards it may read (lineage)
+  and starts a worker for each of those it holds, once readable (a stolen
+  shard waits one renew period), with the lease's fence; a lost lease stops
+  its worker (LEASE_LOST); a refused commit is reported; SHARD_END ends the
+  lease; a graceful stop releases every lease after the workers stopped;
+- checkpoints are read again before a worker starts (its last holder's final
+  commit is in them) and every renew period (lineage across workers: a
+  child starts only once every parent has finished, whoever read it);
+- a shard with no checkpoint starts at the stored start (`#start`), never at
+  LATEST again, whichever worker reads it first; the `#start` row is stored
+  if absent (the first worker's value wins) and tombstones are dropped by
+  idempotent deletes, so housekeeping needs no leader.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime
 
 from poller.config import StreamConfig
+from poller.coordination import (
+    CheckpointStore,
+    LeaseCoordinator,
+    LeaseStore,
+    build_store,
+    kept_checkpoints,
+    worker_id,
+)
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.processing.pipeline import Preparer
 from poller.records import Checkpoint, Position, TransientError
-from poller.sink_api import FailureDestination, Sink, Transaction
+from poller.sink_api import FailureDestination, Fence, Sink, Transaction
 from poller.sources.shards.api import (
     AT_SEQUENCE_NUMBER,
     AT_TIMESTAMP,
@@ -102,6 +126,14 @@ class ShardFleet:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.stopped: StopReason | None = None  # set when a worker's stop stops the stream
+        self.shards: list[ShardInfo] = []  # the last listing
+        self._relist = True
+        self._listed_at = 0.0
+        # Several replicas: the leases, and where checkpoints are read and dropped
+        # (the sink, or the lease store when it keeps them).
+        self.leases: LeaseCoordinator | None = None
+        self.checkpoints: Sink | CheckpointStore = sink
+        self._loaded_at = 0.0
 
     def _polling(self, shard: ShardInfo) -> RecordsPublisher:
         return PollingPublisher(self.api, self.name, shard.shard_id, self.opts)
@@ -109,29 +141,89 @@ class ShardFleet:
     async def run(self, stop: asyncio.Event) -> StopReason:
         """Until `stop` (REQUESTED) or a worker's stop that ends the stream (TRIMMED)."""
         self._stop = stop
+        c = self.parts.cfg.coordination
+        if c is None:
+            return await self._run(stop)
+        store = build_store(self.parts.cfg)
+        opened = await retrying(stop, self.name, "opening the lease store", lambda: _opened(store))
+        try:
+            if opened is None:
+                return StopReason.REQUESTED
+            keeper = kept_checkpoints(store)
+            if keeper is not None:
+                self.checkpoints = keeper
+            self.leases = LeaseCoordinator(
+                self.name, store, worker_id(c), c.lease_seconds, on_change=self._wake.set, keeper=keeper
+            )
+            self.leases.running = lambda: self.workers.keys()
+            log.info(
+                "sharing the stream's shards through leases",
+                stream=self.name,
+                worker=self.leases.owner,
+                lease_store=store.describe(),
+                lease_seconds=c.lease_seconds,
+            )
+            return await self._run(stop)
+        finally:
+            await store.close()
+
+    async def _run(self, stop: asyncio.Event) -> StopReason:
         loaded = await retrying(
-            stop, self.name, "loading checkpoints", lambda: self.sink.load_checkpoints(self.name)
+            stop, self.name, "loading checkpoints", lambda: self.checkpoints.load_checkpoints(self.name)
         )
         if loaded is None:
             return StopReason.REQUESTED
         self._load(loaded)
+        self._loaded_at = time.monotonic()
         if self.fresh and not await self._keep_start(stop):
             return StopReason.REQUESTED
+        leases_stop = asyncio.Event()
+        coordinating = None
+        if self.leases is not None:
+            coordinating = asyncio.create_task(self.leases.run(leases_stop), name=f"{self.name}-leases")
+            coordinating.add_done_callback(lambda _: self._wake.set())
+        graceful = False
         try:
             while not stop.is_set() and self.stopped is None:
-                shards = await retrying(stop, self.name, "ListShards", self.api.list_shards)
-                if shards is None:
+                if coordinating is not None and coordinating.done():
+                    coordinating.result()  # its error (a second worker refused) ends the stream
+                    raise RuntimeError("the lease coordinator stopped unexpectedly")
+                if not await self._list(stop):
                     break
-                self._discovered(shards)
+                if self.leases is None:
+                    self._discovered(self.shards)
+                else:
+                    await self._schedule(stop)
                 await self._drop_tombstones()
                 await self._wait(stop)
-                self._reap()
+                await self._reap()
+            graceful = True
         finally:
-            await self._stop_workers(graceful=stop.is_set() or self.stopped is not None)
+            graceful = graceful or stop.is_set() or self.stopped is not None
+            await self._stop_workers(graceful=graceful)
+            if coordinating is not None:
+                leases_stop.set()
+                await asyncio.gather(coordinating, return_exceptions=True)
+                if graceful and self.leases is not None:
+                    await self.leases.release_all()
         return self.stopped or StopReason.REQUESTED
 
+    async def _list(self, stop: asyncio.Event) -> bool:
+        """List the shards when due: first, every `shard_discovery_seconds`, and when
+        a worker stopped (children may be readable). False once stopped."""
+        if not self._relist and time.monotonic() - self._listed_at < self.opts.discovery_interval:
+            return True
+        self._relist = False
+        shards = await retrying(stop, self.name, "ListShards", self.api.list_shards)
+        if shards is None:
+            return False
+        self.shards = shards
+        self._listed_at = time.monotonic()
+        return True
+
     def _load(self, loaded: dict[str, Checkpoint]) -> None:
-        loaded = dict(loaded)
+        # Other `#` rows are the stream's own (a DynamoDB snapshot's): not shards.
+        loaded = {k: v for k, v in loaded.items() if not k.startswith("#") or k == START_ID}
         marker = loaded.pop(START_ID, None)
         if marker is not None:
             self.since = parse_start_row(marker)
@@ -158,11 +250,20 @@ class ShardFleet:
         )
 
     async def _keep_start(self, stop: asyncio.Event) -> bool:
-        """Store a LATEST / AT_TIMESTAMP start before any shard is opened."""
+        """Store a LATEST / AT_TIMESTAMP start before any shard is opened. With
+        leases it is stored only if absent: every worker uses the first one's."""
         since = self.opts.start_moment()
         if since is None:
             return True
-        tx = Transaction(stream=self.name, checkpoints=[start_row(self.name, since)])
+        row = start_row(self.name, since)
+        leases = self.leases
+        if leases is not None:
+            kept = await retrying(stop, self.name, "storing the start position", lambda: leases.keep_row(row))
+            if kept is None:
+                return False
+            self.since = parse_start_row(kept) or since
+            return True
+        tx = Transaction(stream=self.name, checkpoints=[row])
         stored = await retrying(stop, self.name, "storing the start position", lambda: self.sink.commit(tx))
         if stored is None:
             return False
@@ -179,7 +280,69 @@ class ShardFleet:
                 self._start(shard)
         self._publish()
 
-    def _start(self, shard: ShardInfo) -> None:
+    # -- with leases -----------------------------------------------------------------
+
+    async def _schedule(self, stop: asyncio.Event) -> None:
+        """Start a worker for each readable shard this process holds the lease of,
+        and stop the workers of leases lost."""
+        leases = self.leases
+        assert leases is not None
+        self.lineage.update(self.shards)
+        if self.initial is None:
+            self.initial = set()  # with leases, a shard without a checkpoint starts at the stored start
+            self.on_source_ready()
+        for shard_id in leases.take_lost():
+            worker = self.workers.get(shard_id)
+            if worker is not None:
+                log.info("stopping a shard whose lease was lost", stream=self.name, shard=shard_id)
+                worker.request_stop(StopReason.LEASE_LOST)
+        held = leases.holding()
+        if time.monotonic() - self._loaded_at >= leases.renew_every or any(
+            s not in self.workers for s in held
+        ):
+            # What other workers committed and ended: the lineage, and where held shards resume.
+            if not await self._reload(stop):
+                return
+        listed = {s.shard_id for s in self.shards}
+        leases.want({s.shard_id: s.parent_ids for s in self.shards if self.lineage.ready(s.shard_id)}, listed)
+        for shard in self.shards:
+            shard_id = shard.shard_id
+            if shard_id not in held or shard_id in self.workers:
+                continue
+            if self.lineage.finished(shard_id):
+                # Read to its end by another worker, which did not get to end the lease.
+                await leases.ended(shard_id)
+            elif self.lineage.ready(shard_id) and leases.readable(shard_id):
+                self._start(shard, leases.fence(shard_id))
+        self._publish()
+
+    async def _reload(self, stop: asyncio.Event) -> bool:
+        loaded = await retrying(
+            stop, self.name, "loading checkpoints", lambda: self.checkpoints.load_checkpoints(self.name)
+        )
+        if loaded is None:
+            return False
+        self._loaded_at = time.monotonic()
+        loaded = dict(loaded)
+        marker = loaded.pop(START_ID, None)
+        if marker is not None and self.since is None:
+            self.since = parse_start_row(marker)
+        seen = Lineage(loaded.values())
+        self.lineage.ended |= seen.ended
+        self.lineage.tombstones |= seen.tombstones
+        self.lineage.checkpointed |= seen.checkpointed
+        self.rows, self.lane_rows = {}, {}
+        for checkpoint_id, c in loaded.items():
+            lane = parse_lane_id(checkpoint_id)
+            if lane is None:
+                self.rows[checkpoint_id] = c
+            else:
+                self.lane_rows.setdefault(lane[0], {})[checkpoint_id] = c
+        return True
+
+    # -- workers -------------------------------------------------------------------
+
+    def _start(self, shard: ShardInfo, fence: Fence | None = None) -> None:
         start, checkpoint, floor = self._start_of(shard)
         log.info(
             "reading shard",
@@ -192,9 +355,9 @@ class ShardFleet:
         reopen = None
         if start.kind == LATEST and self.since is not None:
             reopen = StartAt(AT_TIMESTAMP, timestamp=self.since)
-        worker = ShardWorker(self.parts, shard, start, checkpoint, floor, reopen)
+        worker = ShardWorker(self.parts, shard, start, checkpoint, floor, reopen, fence)
         task = asyncio.create_task(worker.run(self._stop), name=f"{self.name}-{shard.shard_id}")
-        task.add_done_callback(lambda _: self._wake.set())
+        task.add_done_callback(lambda _: self._worker_done())
         self.workers[shard.shard_id] = worker
         self.tasks[shard.shard_id] = task
 
@@ -214,13 +377,17 @@ class ShardFleet:
             return StartAt(AT_SEQUENCE_NUMBER, position.sequence_number), position, floor
         if self.initial and shard.shard_id in self.initial:
             return self.opts.initial_start(), None, floor
-        if self.since is not None and not self.fresh:
+        if self.since is not None and (not self.fresh or self.leases is not None):
             # After a restart: a shard that was quiet is not replayed from its oldest
             # record, and a child, newer than the start, is read whole all the same.
             return StartAt(AT_TIMESTAMP, timestamp=self.since), None, floor
         return StartAt(TRIM_HORIZON), None, floor
 
     # -- callbacks from the workers ------------------------------------------------
+
+    def _worker_done(self) -> None:
+        self._relist = True  # its children may be readable now
+        self._wake.set()
 
     def _checkpointed(self, shard_id: str) -> None:
         if shard_id not in self.lineage.checkpointed:
@@ -243,7 +410,7 @@ class ShardFleet:
                     for i in range(self.opts.parallelization)
                 ]
             try:
-                await self.sink.delete_checkpoints(self.name, sorted(set(ids)))
+                await self.checkpoints.delete_checkpoints(self.name, sorted(set(ids)))
             except TransientError as e:
                 log.warning(
                     "could not delete a SHARD_END checkpoint", stream=self.name, shard=shard_id, error=str(e)
@@ -257,29 +424,37 @@ class ShardFleet:
 
     async def _wait(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        timeout = max(0.0, self._listed_at + self.opts.discovery_interval - time.monotonic())
+        if self.leases is not None:
+            readable = self.leases.next_readable()
+            if readable is not None:
+                timeout = min(timeout, readable)
         try:
-            await asyncio.wait(
-                waiters, timeout=self.opts.discovery_interval, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
         self._wake.clear()
 
-    def _reap(self) -> None:
+    async def _reap(self) -> None:
         """Forget the workers that stopped, acting on why."""
         for shard_id, task in list(self.tasks.items()):
             if not task.done():
                 continue
             del self.tasks[shard_id]
-            del self.workers[shard_id]
+            worker = self.workers.pop(shard_id)
             if task.cancelled():
                 continue
             if task.exception() is not None:
                 raise RuntimeError(f"shard {shard_id} failed: {task.exception()}") from task.exception()
-            if task.result() is StopReason.TRIMMED:
+            reason = task.result()
+            if reason is StopReason.TRIMMED:
                 # `on_trimmed: stop`: the whole stream stops once what it holds commits.
                 self.stopped = StopReason.TRIMMED
+            elif self.leases is not None and reason is StopReason.SHARD_END:
+                await self.leases.ended(shard_id)
+            elif self.leases is not None and worker.fenced:
+                self.leases.fenced(shard_id)
         self._publish()
 
     async def _stop_workers(self, graceful: bool) -> None:
@@ -298,3 +473,8 @@ class ShardFleet:
     def _publish(self) -> None:
         for state, count in self.lineage.states(self.workers).items():
             metrics.SHARDS.labels(self.name, state).set(count)
+
+
+async def _opened(store: LeaseStore) -> bool:
+    await store.open()
+    return True

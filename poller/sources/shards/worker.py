@@ -21,6 +21,12 @@ Its life, as `WorkerState`:
   still queued are dropped and read again from the checkpoint next time, so
   nothing past a commit is ever checkpointed. With LEASE_LOST the shard's
   metric series are removed too: another process reads it now.
+- Several replicas: every commit carries the shard lease's `Fence` (given at
+  construction), which the sink checks inside the transaction. A commit it
+  refuses (`Fenced`: the lease passed to another worker) stops the worker with
+  LEASE_LOST and `fenced` set, so the fleet tells the coordinator; a commit
+  already in flight when the fleet stops the worker for a lost lease finishes
+  the same way — refused, never half-written.
 
 Invariants: records go to lanes by crc32 of their partition key, so a key's
 records commit in read order (see `lanes`); per-lane queues bound what is read
@@ -43,7 +49,7 @@ from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Checkpoint, Position, Record, ShardState
 from poller.retry import AnyOf, StopSignal
-from poller.sink_api import Transaction
+from poller.sink_api import Fence, Fenced, Transaction
 from poller.sources.shards.api import (
     AFTER_SEQUENCE_NUMBER,
     ReadResult,
@@ -99,6 +105,7 @@ class ShardWorker:
         checkpoint: Position | None = None,
         floor: ResumeFloor | None = None,
         reopen: StartAt | None = None,
+        fence: Fence | None = None,
     ):
         self.p = parts
         self.info = info
@@ -116,6 +123,8 @@ class ShardWorker:
         opts = parts.opts
         n = opts.parallelization
         self.progress = ShardProgress(parts.name, info, n, checkpoint, parts.on_checkpointed)
+        self.progress.fence = fence
+        self.fenced = False  # a commit was refused: the lease is another worker's
         size = max(opts.batch_size, opts.prefetch // n)
         self.lanes = [Lane(parts, self.shard_id, i, size, self.progress, floor) for i in range(n)]
         self._asked = asyncio.Event()
@@ -198,6 +207,9 @@ class ShardWorker:
                 await asyncio.gather(task, return_exceptions=True)
         for lane_task in lanes:
             if lane_task.done():
+                if not lane_task.cancelled() and isinstance(lane_task.exception(), Fenced):
+                    self.fenced = True
+                    return StopReason.LEASE_LOST
                 lane_task.result()  # raises the lane's error
                 raise RuntimeError(f"lane of shard {self.shard_id} stopped unexpectedly")
         if task.cancelled():
@@ -217,7 +229,9 @@ class ShardWorker:
                 lane.task.cancel()
         tasks = [lane.task for lane in self.lanes if lane.task is not None]
         for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, Exception):
+            if isinstance(result, Fenced):
+                self.fenced = True  # a batch in flight as the lease was lost: refused whole
+            elif isinstance(result, Exception):
                 log.error(
                     "lane failed while stopping", stream=self.p.name, shard=self.shard_id, error=str(result)
                 )
@@ -275,8 +289,14 @@ class ShardWorker:
             ShardState.SHARD_END,
             self.info.parent_ids,
         )
-        tx = Transaction(stream=self.p.name, checkpoints=[end])
-        done = await retrying(stopping, self.p.name, "SHARD_END checkpoint", lambda: self.p.sink.commit(tx))
+        tx = Transaction(stream=self.p.name, checkpoints=[end], fence=self.progress.fence)
+        try:
+            done = await retrying(
+                stopping, self.p.name, "SHARD_END checkpoint", lambda: self.p.sink.commit(tx)
+            )
+        except Fenced:
+            self.fenced = True
+            return StopReason.LEASE_LOST
         if done is None:
             return self._reason(stop)
         log.info(

@@ -1,0 +1,75 @@
+"""Which leases this worker may take now — judged on its own monotonic clock only.
+
+KCL's rule: a lease has expired when its counter has not moved for
+`lease_seconds` since this worker first saw that counter value. No wall clock
+is read, so hosts whose clocks disagree still agree on nothing but counters.
+
+- A lease seen for the first time with an owner counts as renewed just now
+  (its holder may be alive); one seen for the first time without an owner is
+  free at once.
+- A lease with no owner (released, or never taken) is free at once.
+- A lease that names this worker but that it does not hold (a previous life
+  of this worker id) may be taken back at once.
+
+Pure: no I/O; `now` is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Literal
+
+from poller.coordination.lease import Lease
+
+Availability = Literal["free", "expired", "mine"]
+
+_NEVER = float("-inf")
+
+
+class LeaseTaker:
+    """Watches every lease of a stream across rounds and says which are available."""
+
+    def __init__(self, owner: str, lease_seconds: float):
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self._seen: dict[str, tuple[int, float]] = {}  # shard → (counter, monotonic time first seen)
+        self._moved: set[str] = set()  # counters seen to move while watched: a live holder
+
+    def observe(self, leases: Iterable[Lease], now: float) -> None:
+        seen: dict[str, tuple[int, float]] = {}
+        moved: set[str] = set()
+        for lease in leases:
+            before = self._seen.get(lease.shard_id)
+            if before is not None and before[0] == lease.counter:
+                seen[lease.shard_id] = before
+                if lease.shard_id in self._moved:
+                    moved.add(lease.shard_id)
+            elif before is None:
+                seen[lease.shard_id] = (lease.counter, _NEVER if lease.owner is None else now)
+            else:
+                seen[lease.shard_id] = (lease.counter, now)
+                moved.add(lease.shard_id)
+        self._seen = seen
+        self._moved = moved
+
+    def expired(self, lease: Lease, now: float) -> bool:
+        counter, since = self._seen.get(lease.shard_id, (lease.counter, now))
+        return counter == lease.counter and now - since >= self.lease_seconds
+
+    def availability(self, lease: Lease, held: Collection[str], now: float) -> Availability | None:
+        """How this worker may take `lease` now, or None."""
+        if lease.ended or lease.shard_id in held:
+            return None
+        if lease.owner is None:
+            return "free"
+        if lease.owner == self.owner:
+            return "mine"
+        return "expired" if self.expired(lease, now) else None
+
+    def live_holder(self, lease: Lease, now: float) -> bool:
+        """Another worker holds it and was seen renewing it: it is alive."""
+        return (
+            lease.owner not in (None, self.owner)
+            and lease.shard_id in self._moved
+            and not self.expired(lease, now)
+        )

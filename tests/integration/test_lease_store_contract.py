@@ -1,0 +1,207 @@
+"""One contract for every lease store, run against the real PostgreSQL and
+MariaDB (the table `poller_leases`, created by the sink), SQLite, and DynamoDB
+on moto's server: every write is conditional on the counter, concurrent
+takers of one lease have exactly one winner, the stored start is written once,
+and a commit made under a lease that passed to another worker writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from poller.coordination import Lease, LeaseStore, kept_checkpoints
+from poller.coordination.dynamodb_store import DynamoDBLeaseStore
+from poller.coordination.sql_store import SqlLeaseStore
+from poller.records import Checkpoint, ShardState
+from poller.sink_api import Fence, Fenced, MessageWrite, Transaction
+from poller.sinks.base import SqlSink
+from poller.sinks.factory import checkpoint_store
+from tests.support.servers import MotoServer
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Backend:
+    """A kind of lease store: `store()` opens one more worker's view of it;
+    `sink` is where commits go (the same database, or for DynamoDB a SQLite
+    checkpoint store whose checkpoints the lease store keeps)."""
+
+    kind: str
+    store: Callable[[], LeaseStore]
+    sink: SqlSink
+
+
+@pytest.fixture(params=["postgres", "mysql", "sqlite", "dynamodb"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path, moto: MotoServer) -> AsyncIterator[Backend]:
+    kind = request.param
+    if kind == "dynamodb":
+        sink = checkpoint_store(str(tmp_path / "checkpoints.sqlite"))
+        table = f"leases-{uuid.uuid4().hex[:8]}"
+        backend = Backend(kind, lambda: DynamoDBLeaseStore(table, "us-east-1", moto.url), sink)
+    else:
+        dsn = {
+            "postgres": lambda: request.getfixturevalue("pg_dsn"),
+            "mysql": lambda: request.getfixturevalue("mysql_dsn"),
+            "sqlite": lambda: str(tmp_path / "leases.sqlite"),
+        }[kind]()
+        sink = checkpoint_store(dsn)  # the sink creates poller_leases with its other tables
+        backend = Backend(kind, lambda: SqlLeaseStore(kind, dsn), sink)
+    await sink.open()
+    try:
+        yield backend
+    finally:
+        await sink.close()
+
+
+@pytest.fixture
+async def stores(backend: Backend) -> AsyncIterator[tuple[LeaseStore, LeaseStore]]:
+    """Two workers' connections to one store."""
+    a, b = backend.store(), backend.store()
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def stream() -> str:
+    return f"contract-{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_lease_is_created_once_free_with_its_parents(stores: tuple[LeaseStore, LeaseStore]) -> None:
+    a, b = stores
+    s = stream()
+    await a.create(s, "shard-1", ("shard-0",))
+    await b.create(s, "shard-1", ())  # exists: nothing changes
+    assert await a.list_leases(s) == [Lease("shard-1", None, 0, ("shard-0",))]
+    assert await b.get(s, "shard-1") == Lease("shard-1", None, 0, ("shard-0",))
+    assert await b.get(s, "shard-2") is None
+    assert await a.list_leases(stream()) == []
+
+
+async def test_take_renew_release_and_end_are_conditional_on_the_counter(
+    stores: tuple[LeaseStore, LeaseStore],
+) -> None:
+    a, b = stores
+    s = stream()
+    await a.create(s, "shard-1", ())
+    seen = await b.get(s, "shard-1")
+    assert seen is not None
+    taken = await a.take(s, seen, "worker-a")
+    assert taken == Lease("shard-1", "worker-a", 1)
+    assert await b.take(s, seen, "worker-b") is None  # the counter moved: b's view is stale
+
+    renewed = await a.renew(s, taken)
+    assert renewed == Lease("shard-1", "worker-a", 2)
+    assert await a.renew(s, taken) is None  # stale counter
+    assert await b.renew(s, Lease("shard-1", "worker-b", 2)) is None  # not the owner
+    assert not await b.release(s, Lease("shard-1", "worker-b", 2))
+
+    stolen = await b.take(s, renewed, "worker-b")  # what a steal or an expired take does
+    assert stolen == Lease("shard-1", "worker-b", 3)
+    assert await a.renew(s, renewed) is None  # a's renewal finds it lost
+    assert await a.get(s, "shard-1") == stolen
+
+    assert await b.release(s, stolen)
+    assert await a.get(s, "shard-1") == Lease("shard-1", None, 4)
+    again = await a.take(s, Lease("shard-1", None, 4), "worker-a")
+    assert again == Lease("shard-1", "worker-a", 5)
+    assert not await a.end(s, Lease("shard-1", "worker-a", 4))  # stale counter
+    assert await a.end(s, again)
+    ended = await b.get(s, "shard-1")
+    assert ended == Lease("shard-1", None, 6, (), ended=True)
+    assert await b.take(s, ended, "worker-b") is None  # an ended lease is never taken again
+
+
+async def test_delete_is_conditional_on_the_counter(stores: tuple[LeaseStore, LeaseStore]) -> None:
+    a, b = stores
+    s = stream()
+    await a.create(s, "gone", ())
+    taken = await a.take(s, Lease("gone"), "worker-a")
+    assert taken is not None
+    assert not await b.delete(s, Lease("gone"))  # counter 0 was seen; it is 1 now
+    assert await b.delete(s, taken)
+    assert await a.list_leases(s) == []
+
+
+async def test_of_many_concurrent_takers_exactly_one_wins(backend: Backend) -> None:
+    workers = [backend.store() for _ in range(5)]
+    await asyncio.gather(*(w.open() for w in workers))
+    try:
+        s = stream()
+        await workers[0].create(s, "contested", ())
+        results = await asyncio.gather(
+            *(w.take(s, Lease("contested"), f"worker-{i}") for i, w in enumerate(workers))
+        )
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert await workers[0].get(s, "contested") == winners[0]
+    finally:
+        await asyncio.gather(*(w.close() for w in workers))
+
+
+async def test_the_stored_start_is_the_first_one_written(stores: tuple[LeaseStore, LeaseStore]) -> None:
+    a, b = stores
+    s = stream()
+    first = Checkpoint(s, "#start", datetime(2024, 5, 1, 12, 0, tzinfo=UTC).isoformat())
+    later = Checkpoint(s, "#start", datetime(2024, 5, 1, 12, 0, 3, tzinfo=UTC).isoformat())
+    assert (await a.keep_row(first)).sequence_number == first.sequence_number
+    assert (await b.keep_row(later)).sequence_number == first.sequence_number
+
+
+async def test_a_commit_under_a_lease_that_passed_on_writes_nothing(
+    backend: Backend, stores: tuple[LeaseStore, LeaseStore]
+) -> None:
+    """The fencing check: the zombie's transaction (a processed id and a checkpoint
+    here) rolls back whole and raises Fenced; the new holder's commits go through."""
+    a, b = stores
+    sink = backend.sink
+    s = stream()
+    await a.create(s, "shard-1", ())
+    held = await a.take(s, Lease("shard-1"), "zombie")
+    assert held is not None
+    keeper = kept_checkpoints(a)
+    zombie = Fence("shard-1", "zombie", held.counter, keeper)
+
+    def commit(fence: Fence, sequence: str, message: str) -> Transaction:
+        row = Checkpoint(s, "shard-1", sequence, 0, ShardState.RUNNING)
+        return Transaction(stream=s, checkpoints=[row], messages=[MessageWrite(message, [])], fence=fence)
+
+    async def checkpoint() -> str | None:
+        where = kept_checkpoints(b) or sink
+        rows = await where.load_checkpoints(s)
+        return rows["shard-1"].sequence_number if "shard-1" in rows else None
+
+    await sink.commit(commit(zombie, "100", "m-1"))
+    renewed = await a.renew(s, held)
+    assert renewed is not None
+    await sink.commit(commit(zombie, "110", "m-2"))  # renewals keep the fence valid
+    assert await checkpoint() == "110"
+
+    taken = await b.take(s, renewed, "successor")  # the zombie's lease expired elsewhere
+    assert taken is not None
+    successor = Fence("shard-1", "successor", taken.counter, kept_checkpoints(b))
+    await sink.commit(commit(successor, "120", "m-3"))
+
+    with pytest.raises(Fenced) as refused:
+        await sink.commit(commit(zombie, "115", "m-4"))
+    assert refused.value.holder == "successor"
+    assert await checkpoint() == "120"  # no regression
+    assert await sink.processed_ids(s, ["m-1", "m-2", "m-3", "m-4"]) == {"m-1", "m-2", "m-3"}
+
+    assert await b.release(s, taken)
+    with pytest.raises(Fenced):
+        await sink.commit(commit(zombie, "116", "m-5"))  # released: no one's, still not the zombie's
+    with pytest.raises(Fenced):
+        await sink.commit(commit(Fence("shard-1", "zombie", 0, keeper), "117", "m-6"))  # never held
+    assert await checkpoint() == "120"

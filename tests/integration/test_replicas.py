@@ -1,0 +1,549 @@
+"""Several `poller run` processes sharing one stream's shards through leases
+(`coordination:`), against kinesalite (a 12-shard stream, real resharding)
+and the real PostgreSQL and MariaDB: balance, takeover after SIGKILL, a
+paused zombie fenced out, and a rolling restart through a split and a merge —
+every record written exactly once, in per-key order.
+
+Every write of a row is logged by a trigger in the same transaction
+(`tables.create_logged_table`), so a row written twice shows even where an
+upsert hides it. Leases are read from `poller_leases`, metrics from each
+replica's /metrics. Lease periods are short (3 s) to keep the file quick.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.handlers import journal
+from tests.integration.test_kinesis import (
+    Producer,
+    assert_key_order,
+    assert_written_once,
+    create_stream,
+    make_table,
+    put_records,
+    stream_cfg,
+    wait_active,
+)
+from tests.support import db
+from tests.support.aws import client
+from tests.support.daemon import Daemon, metric, wait_for
+from tests.support.servers import Kinesalite, MotoServer
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+PG = "postgres"
+LEASE = 3.0  # lease_seconds
+RENEW = LEASE / 3
+SHARDS = 12
+
+
+@pytest.fixture(scope="module")
+def kinesalite() -> Iterator[Kinesalite]:
+    with Kinesalite() as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Replicas:
+    """A stream, its target table, and the replicas reading it."""
+
+    def __init__(
+        self,
+        kind: str,
+        dsn: str,
+        kinesalite: Kinesalite,
+        name: str,
+        shards: int = SHARDS,
+        batch: dict[str, Any] | None = None,
+    ):
+        self.kind, self.dsn = kind, dsn
+        self.table = f"{name}_{kind}"
+        make_table(kind, dsn, self.table)
+        try:
+            db.execute(kind, dsn, f"DELETE FROM poller_leases WHERE stream = '{self.table}'")
+        except Exception:
+            pass  # no sink has created it yet
+        self.kinesis = client("kinesis", kinesalite.url)
+        self.stream = f"{self.table}-{uuid.uuid4().hex[:6]}"
+        create_stream(self.kinesis, self.stream, shards)
+        self.endpoint = kinesalite.url
+        self.producer = Producer(keys=120)
+        self.daemons: dict[str, Daemon] = {}
+        self.batch = batch or {"size": 100, "window_seconds": 0.05}
+
+    def cfg(self, worker: str) -> dict[str, Any]:
+        cfg = stream_cfg(self.table, self.kind, self.dsn, self.stream, self.endpoint, batch=self.batch)
+        cfg["coordination"] = {"lease_seconds": LEASE, "worker_id": worker}
+        return cfg
+
+    def start(self, worker: str) -> Daemon:
+        d = Daemon([self.cfg(worker)], shutdown_timeout=15).start()
+        self.daemons[worker] = d
+        return d
+
+    def owners(self) -> dict[str, str | None]:
+        """shard → owner of its open lease."""
+        rows = db.fetch(
+            self.kind,
+            self.dsn,
+            "SELECT shard_id, owner FROM poller_leases WHERE stream = %s AND state = 'open'",
+            (self.table,),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def held(self, worker: str) -> int:
+        """Leases the replica reports holding (-1 while it does not answer yet)."""
+        return int(self.daemons[worker].metric(f'poller_leases_held{{stream="{self.table}"}}', -1))
+
+    def events(self, worker: str, event: str) -> float:
+        return metric(self.daemons[worker], "poller_lease_events_total", event=event, stream=self.table)
+
+    def checkpoints(self) -> dict[str, int]:
+        rows = db.fetch(
+            self.kind,
+            self.dsn,
+            "SELECT shard_id, sequence_number FROM poller_checkpoints "
+            "WHERE stream = %s AND sequence_number IS NOT NULL",
+            (self.table,),
+        )
+        return {r[0]: int(r[1]) for r in rows if not r[0].startswith("#")}
+
+    def rows(self) -> int:
+        return int(db.scalar(self.kind, self.dsn, f"SELECT count(*) FROM {self.table}"))
+
+    def wait_rows(self, expected: int, timeout: float = 90) -> None:
+        def done() -> bool:
+            return self.rows() >= expected
+
+        try:
+            wait_for(done, timeout, message=f"{expected} rows in {self.table}")
+        except AssertionError:
+            for worker, d in self.daemons.items():
+                print(f"--- {worker}\n{d.tail(30)}")
+            raise
+
+    def check_exactly_once(self) -> None:
+        assert_written_once(self.kind, self.dsn, self.table, self.producer.sent)
+        assert_key_order(self.kind, self.dsn, self.table)
+
+    def stop_all(self) -> None:
+        for d in self.daemons.values():
+            if d.proc is not None and d.proc.poll() is None:
+                d.signal(signal.SIGTERM)
+        for d in self.daemons.values():
+            if d.proc is not None:
+                assert d.wait(d.shutdown_timeout + 10) == 0, d.tail()
+
+
+@contextmanager
+def producing(r: Replicas, per_tick: int = 50, tick: float = 0.05) -> Iterator[threading.Event]:
+    """Records flow while the block runs (about 1,000 a second)."""
+    running = threading.Event()
+    running.set()
+
+    def produce() -> None:
+        while running.is_set():
+            r.producer.put(r.kinesis, r.stream, per_tick)
+            time.sleep(tick)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        yield running
+    finally:
+        running.clear()
+        thread.join(30)
+
+
+class CheckpointWatch:
+    """Samples every shard's checkpoint while running; a checkpoint that ever
+    moves backwards is recorded."""
+
+    def __init__(self, r: Replicas):
+        self.r = r
+        self.highest: dict[str, int] = {}
+        self.regressions: list[tuple[str, int, int]] = []
+        self._running = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> CheckpointWatch:
+        self._running.set()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running.clear()
+        self._thread.join(10)
+        self.sample()
+
+    def _watch(self) -> None:
+        while self._running.is_set():
+            self.sample()
+            time.sleep(0.05)
+
+    def sample(self) -> None:
+        for shard, sequence in self.r.checkpoints().items():
+            before = self.highest.get(shard, -1)
+            if sequence < before:
+                self.regressions.append((shard, before, sequence))
+            self.highest[shard] = max(before, sequence)
+
+
+# --------------------------------------------------------------------------- balance
+
+
+def test_three_replicas_hold_four_leases_each_and_write_every_record_once(
+    kinesalite: Kinesalite, database: tuple[str, str]
+) -> None:
+    kind, dsn = database
+    r = Replicas(kind, dsn, kinesalite, "rep_balance")
+    r.producer.put(r.kinesis, r.stream, 3_000)
+    workers = ["r1", "r2", "r3"]
+    try:
+        for w in workers:
+            r.start(w)
+        for w in workers:
+            r.daemons[w].wait_ready()
+        ready = time.monotonic()
+        wait_for(
+            lambda: [r.held(w) for w in workers] == [4, 4, 4],
+            2 * LEASE + 10,
+            message="4 leases each",
+        )
+        balanced = time.monotonic() - ready
+        print(f"4 leases each {balanced:.2f} s after all three were ready")
+        assert balanced <= 2 * LEASE, f"balanced {balanced:.1f} s after all were ready"
+        owners = r.owners()
+        assert len(owners) == SHARDS
+        assert sorted(list(owners.values()).count(w) for w in workers) == [4, 4, 4]
+        r.producer.put(r.kinesis, r.stream, 3_000)
+        r.wait_rows(r.producer.sent)
+        # Each replica reads only what it holds.
+        for w in workers:
+            reading = metric(r.daemons[w], "poller_shards", stream=r.table, state="reading")
+            assert reading == 4
+        r.stop_all()
+    finally:
+        for d in r.daemons.values():
+            d.stop()
+    r.check_exactly_once()
+    # The graceful stops released every lease.
+    assert set(r.owners().values()) == {None}
+
+
+def balanced(r: Replicas, workers: list[str]) -> None:
+    wait_for(lambda: [r.held(w) for w in workers] == [4] * len(workers), 4 * LEASE + 10, message="balanced")
+
+
+# --------------------------------------------------------------------------- takeover
+
+
+def test_a_replica_killed_under_load_has_its_shards_taken_within_a_lease_and_a_renew_period(
+    kinesalite: Kinesalite, pg_dsn: str
+) -> None:
+    r = Replicas(PG, pg_dsn, kinesalite, "rep_kill")
+    workers = ["k1", "k2", "k3"]
+    try:
+        with producing(r):
+            for w in workers:
+                r.start(w)
+            balanced(r, workers)
+            r.wait_rows(2_000)
+            orphans = {s for s, owner in r.owners().items() if owner == "k1"}
+            assert len(orphans) == 4
+            r.daemons["k1"].kill()
+            killed = time.monotonic()
+
+            def taken() -> bool:
+                owners = r.owners()
+                return all(owners[s] in ("k2", "k3") for s in orphans)
+
+            wait_for(taken, LEASE + RENEW + 10, interval=0.05, message="the killed replica's shards taken")
+            takeover = time.monotonic() - killed
+            # Read again: every orphan's GetRecords count rises at its new holder.
+            calls = {
+                s: sum(
+                    metric(r.daemons[w], "poller_get_records_calls_total", stream=r.table, shard=s)
+                    for w in workers[1:]
+                )
+                for s in orphans
+            }
+            wait_for(
+                lambda: all(
+                    sum(
+                        metric(r.daemons[w], "poller_get_records_calls_total", stream=r.table, shard=s)
+                        for w in workers[1:]
+                    )
+                    > calls[s]
+                    for s in orphans
+                ),
+                10,
+                message="orphans read again",
+            )
+            print(f"shards of the killed replica taken {takeover:.2f} s after SIGKILL")
+            # 0.5 s of slack: polling here, and two loaded cores.
+            assert takeover <= LEASE + RENEW + 0.5, f"taken {takeover:.2f} s after SIGKILL"
+            time.sleep(1.0)
+        del r.daemons["k1"]
+        r.wait_rows(r.producer.sent)
+        assert sorted(r.held(w) for w in workers[1:]) == [6, 6]
+        r.stop_all()
+    finally:
+        for d in r.daemons.values():
+            d.stop()
+    r.check_exactly_once()
+
+
+def test_a_paused_zombie_is_fenced_out_and_gives_its_shards_up(
+    kinesalite: Kinesalite, mysql_dsn: str
+) -> None:
+    """SIGSTOP past the lease: the others take the zombie's shards; on SIGCONT its
+    next commit is refused inside its transaction (counted), no checkpoint moves
+    backwards, nothing is written twice, and it lets those shards go."""
+    kind = "mysql"
+    # Long batch windows: when it is stopped, each of the zombie's lanes is almost
+    # surely holding records; on SIGCONT their windows have passed, and they commit
+    # before its renewals (two round trips to the database) report the leases lost.
+    r = Replicas(kind, mysql_dsn, kinesalite, "rep_zombie", batch={"size": 1000, "window_seconds": 2.0})
+    workers = ["z1", "z2", "z3"]
+    try:
+        with CheckpointWatch(r) as watch, producing(r):
+            for w in workers:
+                r.start(w)
+            balanced(r, workers)
+            r.wait_rows(2_000)
+            zombie = r.daemons["z1"]
+            its = {s for s, owner in r.owners().items() if owner == "z1"}
+            zombie.signal(signal.SIGSTOP)
+            try:
+                wait_for(
+                    lambda: all(r.owners()[s] in ("z2", "z3") for s in its),
+                    LEASE + RENEW + 10,
+                    message="the zombie's shards taken",
+                )
+                progressed = dict(watch.highest)
+                wait_for(
+                    lambda: sum(watch.highest.get(s, 0) > progressed.get(s, 0) for s in its) >= 2,
+                    20,
+                    message="the new holders commit",
+                )
+            finally:
+                zombie.signal(signal.SIGCONT)
+            wait_for(lambda: r.events("z1", "fenced") >= 1, 20, message="the zombie's commit fenced")
+            wait_for(lambda: r.events("z1", "lost") >= len(its), 20, message="the zombie lets go")
+            time.sleep(2.0)
+        r.wait_rows(r.producer.sent)
+        let_go = [
+            line
+            for line in zombie.log.read_text().splitlines()
+            if '"lease lost' in line or '"commit refused' in line
+        ]
+        assert all(any(f'"{s}"' in line for line in let_go) for s in its), let_go
+        print(
+            f"zombie: fenced commits {r.events('z1', 'fenced'):.0f}, leases lost {r.events('z1', 'lost'):.0f}"
+        )
+        r.stop_all()
+    finally:
+        for d in r.daemons.values():
+            d.stop()
+    assert watch.regressions == []
+    r.check_exactly_once()
+
+
+# --------------------------------------------------------------------------- rolling restart
+
+
+def test_a_rolling_restart_through_a_split_and_a_merge_writes_every_record_once_in_key_order(
+    kinesalite: Kinesalite, pg_dsn: str
+) -> None:
+    """SIGTERM, start, next — for each of three replicas, under load, with a split
+    after the first restart and a merge after the second. A stopped replica
+    releases its leases: the others take them at their next round, well before
+    they could have expired."""
+    r = Replicas(PG, pg_dsn, kinesalite, "rep_roll")
+    parents = r.kinesis.list_shards(StreamName=r.stream)["Shards"]
+    workers = ["a1", "a2", "a3"]
+    handoffs: list[float] = []
+    try:
+        with CheckpointWatch(r) as watch, producing(r):
+            for w in workers:
+                r.start(w)
+            balanced(r, workers)
+            r.wait_rows(1_000)
+            for i, w in enumerate(list(workers)):
+                mine = {s for s, owner in r.owners().items() if owner == w}
+                old = r.daemons.pop(w)
+                old.signal(signal.SIGTERM)
+                assert old.wait(30) == 0, old.tail()
+                exited = time.monotonic()
+                wait_for(
+                    # (a parent it read to its end meanwhile has no open lease any more)
+                    lambda mine=mine, w=w: all(r.owners().get(s, "ended") not in (None, w) for s in mine),
+                    LEASE + 10,
+                    interval=0.05,
+                    message=f"{w}'s released shards taken",
+                )
+                handoffs.append(time.monotonic() - exited)
+                assert '"lease released"' in old.log.read_text()
+                workers[i] = f"{w}-next"
+                r.start(workers[i]).wait_ready()
+                if i == 0:
+                    first = parents[0]["HashKeyRange"]
+                    middle = (int(first["StartingHashKey"]) + int(first["EndingHashKey"])) // 2
+                    r.kinesis.split_shard(
+                        StreamName=r.stream,
+                        ShardToSplit=parents[0]["ShardId"],
+                        NewStartingHashKey=str(middle),
+                    )
+                    wait_active(r.kinesis, r.stream)
+                elif i == 1:
+                    r.kinesis.merge_shards(
+                        StreamName=r.stream,
+                        ShardToMerge=parents[1]["ShardId"],
+                        AdjacentShardToMerge=parents[2]["ShardId"],
+                    )
+                    wait_active(r.kinesis, r.stream)
+                r.wait_rows(r.producer.sent - 500)
+        r.wait_rows(r.producer.sent)
+        print(f"released shards taken {', '.join(f'{h:.2f}' for h in handoffs)} s after each exit")
+        # Taken at the next round, not after expiry (which needs a whole lease period).
+        assert max(handoffs) < LEASE, handoffs
+        # The three parents ended (their leases stay, ended, while the stream lists them;
+        # their tombstones went once the children had checkpoints); twelve leases are open.
+        listing = r.kinesis.list_shards(StreamName=r.stream)["Shards"]
+        open_shards = {
+            s["ShardId"] for s in listing if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+        }
+        assert len(open_shards) == SHARDS
+        wait_for(lambda: set(r.owners()) == open_shards, 15, message="a lease per open shard")
+        ended = db.fetch(
+            PG, pg_dsn, "SELECT shard_id FROM poller_leases WHERE stream = %s AND state = 'ended'", (r.table,)
+        )
+        assert {row[0] for row in ended} == {p["ShardId"] for p in parents[:3]}
+        wait_for(lambda: set(r.checkpoints()) == open_shards, 15, message="tombstones dropped")
+        r.stop_all()
+    finally:
+        for d in r.daemons.values():
+            d.stop()
+    assert watch.regressions == []
+    r.check_exactly_once()
+
+
+# --------------------------------------------------------------------------- other lease stores
+
+
+def handler_stream(name: str, stream: str, endpoint: str, tmp: Path, worker: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "source": {
+            "type": "kinesis",
+            "stream": stream,
+            "endpoint_url": endpoint,
+            "region": "us-east-1",
+            "idle_poll_seconds": 0.2,
+            "shard_discovery_seconds": 0.5,
+        },
+        "batch": {"size": 50, "window_seconds": 0.05},
+        "sink": {
+            "type": "handler",
+            "handler": "tests.handlers.failing:poison",
+            "code_path": str(ROOT),
+            "checkpoint_dsn": str(tmp / f"{worker}.sqlite"),  # each replica's own: failures only
+        },
+        "coordination": {
+            "lease_store": "dynamodb",
+            "table": f"{name}-leases",
+            "endpoint_url": endpoint,
+            "region": "us-east-1",
+            "lease_seconds": LEASE,
+            "worker_id": worker,
+        },
+    }
+
+
+def put_ids(kinesis: Any, stream: str, ids: range) -> None:
+    for start in range(ids.start, ids.stop, 100):
+        batch = [
+            {"Data": json.dumps({"id": i}).encode(), "PartitionKey": f"k{i % 40}"}
+            for i in range(start, min(start + 100, ids.stop))
+        ]
+        put_records(kinesis, stream, batch)
+
+
+def test_handler_replicas_share_shards_through_dynamodb_and_keep_checkpoints_there(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """User code, no shared database: leases and checkpoints in a DynamoDB table
+    (created by the first replica). Two replicas split four shards; one stops, the
+    other takes its released shards at once and resumes from its checkpoints."""
+    name = f"rep_ddb_{uuid.uuid4().hex[:6]}"
+    kinesis = client("kinesis", moto.url)
+    create_stream(kinesis, name, 4)
+    log = tmp_path / "handled.jsonl"
+    env = {"HANDLER_LOG": str(log)}
+    daemons = {w: Daemon([handler_stream(name, name, moto.url, tmp_path, w)], env=env) for w in ("h1", "h2")}
+
+    def held(w: str) -> int:
+        return int(daemons[w].metric(f'poller_leases_held{{stream="{name}"}}', -1))
+
+    def handled() -> list[int]:
+        return [e["handled"] for e in journal.read(log) if "handled" in e]
+
+    try:
+        for d in daemons.values():
+            d.start()
+        wait_for(lambda: [held(w) for w in daemons] == [2, 2], 4 * LEASE + 15, message="two shards each")
+        put_ids(kinesis, name, range(400))
+        wait_for(lambda: len(handled()) >= 400, 60, message="400 records handled")
+        leaving = daemons.pop("h1")
+        leaving.signal(signal.SIGTERM)
+        assert leaving.wait(30) == 0, leaving.tail()
+        wait_for(lambda: held("h2") == 4, LEASE, interval=0.1, message="released leases taken at once")
+        put_ids(kinesis, name, range(400, 800))
+        wait_for(lambda: len(handled()) >= 800, 60, message="800 records handled")
+        assert daemons["h2"].stop() == 0
+    finally:
+        for d in daemons.values():
+            d.stop()
+    assert sorted(handled()) == list(range(800))  # each once: the handoff was graceful
+    items = client("dynamodb", moto.url).scan(TableName=f"{name}-leases")["Items"]
+    shards = [i for i in items if "leaseCounter" in i]
+    assert len(shards) == 4
+    assert all("checkpoint" in i and "leaseOwner" not in i for i in shards)  # released on stop
+    with sqlite3.connect(tmp_path / "h2.sqlite") as store:
+        assert store.execute("SELECT count(*) FROM poller_checkpoints").fetchone() == (0,)
+
+
+def test_sqlite_refuses_a_second_worker_naming_the_first(moto: MotoServer, tmp_path: Path) -> None:
+    name = f"rep_sqlite_{uuid.uuid4().hex[:6]}"
+    kinesis = client("kinesis", moto.url)
+    create_stream(kinesis, name, 2)
+    cfg = {
+        "name": name,
+        "source": {"type": "kinesis", "stream": name, "endpoint_url": moto.url, "region": "us-east-1"},
+        "sink": {"type": "sqlite", "dsn": str(tmp_path / "rows.sqlite"), "table": name},
+        "coordination": {"lease_seconds": LEASE, "worker_id": "first"},
+    }
+    with Daemon([cfg]) as first:
+        wait_for(lambda: first.metric(f'poller_leases_held{{stream="{name}"}}') == 2, 20, message="leases")
+        second = Daemon([{**cfg, "coordination": {"lease_seconds": LEASE, "worker_id": "second"}}]).start()
+        assert second.wait(4 * LEASE + 20) == 2, second.tail()
+        refusal = [line for line in second.log.read_text().splitlines() if "one process's database" in line]
+        assert refusal and "'first'" in refusal[0], second.tail()
+        assert first.metric(f'poller_leases_held{{stream="{name}"}}') == 2
+        assert first.stop() == 0
