@@ -85,6 +85,8 @@ async def _shards(cfg: StreamConfig, rows: dict[str, CheckpointRow], status: Str
     marker = rows.pop(START_ID, None)
     since = parse_start_row(marker.checkpoint) if marker is not None else None
     status.start = _iso(since)
+    # Lane rows and bookkeeping rows (`#snapshot...`) are not shards of their own.
+    rows = {k: v for k, v in rows.items() if not k.startswith("#")}
     own = {k: v for k, v in rows.items() if parse_lane_id(k) is None}
     lineage = Lineage([r.checkpoint for r in rows.values()])
     async with shard_api(cfg) as api:

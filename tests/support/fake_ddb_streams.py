@@ -529,7 +529,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("x-amzn-RequestId", uuid.uuid4().hex)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon was stopped or killed mid-call: nobody to answer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the daemon's log
         pass
