@@ -304,7 +304,8 @@ def render(r: dict[str, Any]) -> str:
         "Every replica, kinesalite and PostgreSQL share the machine's cores, so more replicas "
         "add no CPU here: the throughput figures show what leasing costs, not how it scales on "
         "separate hosts. The takeover time is bounded by the lease: a taker waits until a "
-        "counter has stood still for `lease_seconds` on its own clock, checking every renew period.",
+        "counter has stood still for `lease_seconds` on its own clock, and sees the victim's last "
+        "renewal up to one renew period after it was made.",
         "",
         f"Machine: {common.machine_line(r['machine'])}.",
     ]

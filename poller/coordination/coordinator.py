@@ -69,6 +69,7 @@ class LeaseCoordinator:
         self.listed: set[str] | None = None  # the shards of the last listing
         self.running: Callable[[], Collection[str]] = lambda: ()  # shards with a worker here
         self._lost: set[str] = set()
+        self._next_expiry: float | None = None  # of a lease this worker would take
         self._poke = asyncio.Event()
         self._held_gauge = metrics.LEASES_HELD.labels(stream)
         self._held_gauge.set(0)
@@ -79,8 +80,9 @@ class LeaseCoordinator:
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Rounds every third of `lease_seconds` (sooner when poked) until `stop`.
-        A round that fails (the store unreachable) is tried again at the next."""
+        """Rounds every third of `lease_seconds` — sooner when poked, or when a lease
+        it would take expires before then — until `stop`. A round that fails (the
+        store unreachable) is tried again at the next."""
         while not stop.is_set():
             started = self.clock()
             self._poke.clear()
@@ -88,7 +90,10 @@ class LeaseCoordinator:
                 await self.round()
             except TransientError as e:
                 log.warning("lease round failed; trying again", stream=self.stream, error=str(e))
-            await self._sleep(stop, max(0.0, started + self.renew_every - self.clock()))
+            wake = started + self.renew_every
+            if self._next_expiry is not None:
+                wake = min(wake, self._next_expiry)
+            await self._sleep(stop, max(0.0, wake - self.clock()))
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._poke.wait())]
@@ -115,6 +120,11 @@ class LeaseCoordinator:
             self._refuse_a_second_worker(leases, now)
         await self._drop_gone(leases, now)
         await self._take(leases, now)
+        running = set(self.running())
+        self._next_expiry = self.taker.next_expiry(
+            (lease for lease in leases if lease.shard_id in self.wanted and lease.shard_id not in running),
+            now,
+        )
         self._held_gauge.set(len(self.held))
         self.on_change()
 

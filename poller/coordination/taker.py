@@ -56,6 +56,18 @@ class LeaseTaker:
         counter, since = self._seen.get(lease.shard_id, (lease.counter, now))
         return counter == lease.counter and now - since >= self.lease_seconds
 
+    def next_expiry(self, leases: Iterable[Lease], now: float) -> float | None:
+        """The earliest moment one of these (held by others, not expired yet) expires
+        if its counter does not move: a round then sees it at once."""
+        moments = []
+        for lease in leases:
+            if lease.owner in (None, self.owner) or lease.ended:
+                continue
+            counter, since = self._seen.get(lease.shard_id, (lease.counter, now))
+            if counter == lease.counter and since + self.lease_seconds > now:
+                moments.append(since + self.lease_seconds)
+        return min(moments) if moments else None
+
     def availability(self, lease: Lease, held: Collection[str], now: float) -> Availability | None:
         """How this worker may take `lease` now, or None."""
         if lease.ended or lease.shard_id in held:

@@ -101,6 +101,16 @@ def test_an_owned_lease_expires_once_its_counter_stood_still_for_lease_seconds()
     assert taker.availability(lease, set(), now=103.0) == "expired"
 
 
+def test_the_taker_knows_when_the_next_lease_expires_so_a_round_can_be_there() -> None:
+    taker = LeaseTaker("me", L)
+    taker.observe([owned("s1", "other", 1), owned("s2", None, 0), owned("s3", "me", 2)], now=10.0)
+    taker.observe([owned("s1", "other", 1), owned("s4", "other", 7)], now=11.0)
+    leases = [owned("s1", "other", 1), owned("s4", "other", 7)]
+    assert taker.next_expiry(leases, now=11.0) == 13.0  # s1, first seen at 10
+    assert taker.next_expiry(leases, now=13.5) == 14.0  # s1 has expired: s4, first seen at 11
+    assert taker.next_expiry(leases, now=14.0) is None
+
+
 def test_a_moving_counter_keeps_a_lease_alive_however_long() -> None:
     taker = LeaseTaker("me", L)
     for i in range(20):

@@ -323,11 +323,13 @@ class ShardFleet:
         if loaded is None:
             return False
         self._loaded_at = time.monotonic()
-        loaded = dict(loaded)
+        loaded = {k: v for k, v in loaded.items() if not k.startswith("#") or k == START_ID}
         marker = loaded.pop(START_ID, None)
         if marker is not None and self.since is None:
             self.since = parse_start_row(marker)
         seen = Lineage(loaded.values())
+        if seen.ended - self.lineage.ended:
+            self._relist = True  # a shard another worker read to its end: its children may be new here
         self.lineage.ended |= seen.ended
         self.lineage.tombstones |= seen.tombstones
         self.lineage.checkpointed |= seen.checkpointed
