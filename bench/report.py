@@ -117,6 +117,34 @@ def rows(folder: Path) -> list[tuple[str, str, str, str, str]]:
                 sqs["recorded_at"],
             )
         )
+    snap = _load(folder, "snapshot")
+    if snap is not None:
+        v = snap["ratio"]["of_medians"]
+        out.append(
+            (
+                "8. DynamoDB snapshot items/s ÷ hand-written parallel scan + COPY",
+                "≥ 0.8",
+                f"{v:.2f} (pairs {snap['ratio']['pairs']})",
+                common.verdict(v, 0.8, True),
+                snap["recorded_at"],
+            )
+        )
+    rep = _load(folder, "replicas")
+    if rep is not None:
+        s = rep["summary"]
+        lease = rep["params"]["lease_seconds"]
+        bound = lease + lease / 3 + 0.5
+        v = s["read_again_s"]["median"]
+        tput = ", ".join(f"{n}: {common.fmt(s['throughput'][n]['median'])}" for n in sorted(s["throughput"]))
+        out.append(
+            (
+                f"10. SIGKILL of a replica → its shards read again ({lease:.0f} s leases, 12 shards)",
+                f"≤ lease + renew period ({bound:.1f} s)",
+                f"{v:.1f} s; records/s with 1, 2, 3 replicas: {tput}",
+                common.verdict(v, bound, False),
+                rep["recorded_at"],
+            )
+        )
     return out
 
 
