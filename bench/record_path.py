@@ -69,6 +69,9 @@ class _OfflineSink(SqlSink):
     async def delete(self, conn: Any, keys: list[tuple[Any, ...]]) -> None: ...
     async def insert_failures(self, conn: Any, failures: list[Any]) -> None: ...
     async def save_checkpoints(self, conn: Any, checkpoints: list[Any]) -> None: ...
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+        return None
+
     async def load_checkpoints(self, stream: str) -> dict[str, Any]:
         return {}
 
