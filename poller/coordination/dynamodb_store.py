@@ -382,3 +382,12 @@ def _checkpoints(stream: str, item: dict[str, Any]) -> dict[str, Checkpoint]:
                 stream, lane_id, _text(position.get("sequence")), int(position["sub"]["N"])
             )
     return out
+
+
+# The item layout, for the operator commands (`poller.operator.lease_table`), which
+# read the leases and rewind the checkpoints kept here without holding a lease.
+LANE_PREFIX = _LANE
+item_key = _key
+lease_of_item = _lease
+checkpoints_of_item = _checkpoints
+checkpoint_attributes = _checkpoint_attributes

@@ -31,6 +31,13 @@ CHECKPOINTS = "poller_checkpoints"
 LOCK_WAIT_SECONDS = 1
 
 _NOW = {"postgres": "now()", "mysql": "CURRENT_TIMESTAMP(6)", "sqlite": "CURRENT_TIMESTAMP"}
+# Seconds since `updated_at`, by the database's own clock and in the session the
+# writes use (MySQL's DATETIME is the session's local time): one clock, for people.
+_AGE = {
+    "postgres": "EXTRACT(EPOCH FROM now() - updated_at)::float8",
+    "mysql": "TIMESTAMPDIFF(MICROSECOND, updated_at, CURRENT_TIMESTAMP(6)) / 1000000",
+    "sqlite": "(julianday('now') - julianday(updated_at)) * 86400.0",
+}
 _COLUMNS = "shard_id, owner, lease_counter, parent_shard_ids, state"
 
 
@@ -60,6 +67,7 @@ class SqlLeaseStore:
         self._sql = {
             "list": f"SELECT {_COLUMNS} FROM {LEASES} WHERE stream = %s",
             "get": f"SELECT {_COLUMNS} FROM {LEASES} WHERE stream = %s AND shard_id = %s",
+            "list_aged": f"SELECT {_COLUMNS}, {_AGE[dialect]} FROM {LEASES} WHERE stream = %s",
             "create": f"INSERT INTO {LEASES} (stream, shard_id, parent_shard_ids) VALUES (%s, %s, %s) "
             + if_absent,
             "take": f"UPDATE {LEASES} SET owner = %s, lease_counter = lease_counter + 1, updated_at = {now} "
@@ -110,6 +118,12 @@ class SqlLeaseStore:
     async def get(self, stream: str, shard_id: str) -> Lease | None:
         rows = await self._fetch("get", (stream, shard_id))
         return _lease(rows[0]) if rows else None
+
+    async def list_aged(self, stream: str) -> list[tuple[Lease, float]]:
+        """The stream's leases, each with the seconds since its last write by the
+        database's clock (`updated_at`): for people (`poller status`); no worker
+        decides anything by it."""
+        return [(_lease(r[:5]), float(r[5])) for r in await self._fetch("list_aged", (stream,))]
 
     # -- conditional writes ------------------------------------------------------------
 

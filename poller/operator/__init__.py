@@ -7,6 +7,10 @@ so they work whether or not a daemon runs. Invariants:
 
 - A rewind writes only checkpoint rows the daemon already knows how to read
   (a shard's row, the stream's `#start` row) and takes effect at the next start.
+- Leases (`coordination:`) are read, never taken: a rewind is refused while a
+  worker holds a live one on what it rewrites, unless forced. Its one lease
+  write opens again an ended lease whose shard it makes unfinished,
+  conditional on the counter as read, like every lease write.
 - A replayed failure is marked processed in the transaction that writes its
   rows, so a second replay writes nothing twice.
 - Nothing here prints a DSN's password (`poller.redaction`).

@@ -19,23 +19,33 @@ in one transaction; it takes effect when the stream next starts.
   shard with nothing at or after the moment is put at its end: SHARD_END if it
   is closed, else just past its newest record (or no row if it has none).
 
-Leases do not exist yet: one worker reads a stream, so `--force` (a rewind
-while another worker holds a lease) changes nothing today. A daemon running
-meanwhile overwrites the rows with its next commits: stop it, rewind, start it.
+With `coordination:` the rows are where the workers keep them (the sink's
+database, or the DynamoDB lease table: `lease_table`), and a rewind is
+refused while a worker holds a live lease on what it rewrites (the stream, or
+the shard and its descendants) unless forced: a running worker keeps its place
+in memory and overwrites its shards' rows with its next commits. The rewind
+also opens again the ended leases of the shards it makes unfinished (no worker
+takes an ended lease).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from poller.config import ShardSourceCommon, SqsSource, StreamConfig
+from poller.coordination.lease import Lease
+from poller.operator import leases
 from poller.operator.errors import OperatorError
+from poller.operator.lease_table import keeps_checkpoints, open_lease_table
 from poller.operator.render import table
 from poller.operator.sources import first_unread, last_record, moment, shard_api
-from poller.operator.stores import CheckpointRow, Store, open_store
-from poller.records import Checkpoint, RecordError, ShardState, TransientError
+from poller.operator.stores import CheckpointRow, open_store
+from poller.records import Checkpoint, ShardState
 from poller.sources.shards.api import AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, ShardApi, ShardInfo, StartAt
 from poller.sources.shards.positions import START_ID, parse_lane_id, start_row
 
@@ -55,6 +65,33 @@ class Change:
     shard_id: str
     was: str
     now: str
+
+
+@dataclass(slots=True)
+class Rewound:
+    changes: list[Change]
+    forced_over: list[leases.LeaseView] = field(default_factory=list)  # live leases (--force)
+
+
+class CheckpointRows(Protocol):
+    """Where a stream's checkpoint rows are: the sink's database (`stores.Store`) or the
+    DynamoDB lease table (`lease_table.LeaseTable`)."""
+
+    async def checkpoint_rows(self, stream: str) -> dict[str, CheckpointRow]: ...
+
+    async def rewrite(
+        self, stream: str, drop: list[str], new: list[Checkpoint], reopen: list[Lease]
+    ) -> None: ...
+
+
+@asynccontextmanager
+async def open_checkpoints(cfg: StreamConfig) -> AsyncIterator[CheckpointRows]:
+    if keeps_checkpoints(cfg):
+        async with open_lease_table(cfg) as lease_table:
+            yield lease_table
+    else:
+        async with open_store(cfg) as store:
+            yield store
 
 
 def _describe(c: Checkpoint | None) -> str:
@@ -85,7 +122,7 @@ def _no_checkpoints(cfg: StreamConfig) -> None:
 
 async def show(cfg: StreamConfig) -> list[CheckpointRow]:
     _no_checkpoints(cfg)
-    async with open_store(cfg) as store:
+    async with open_checkpoints(cfg) as store:
         rows = await store.checkpoint_rows(cfg.name)
     return [rows[k] for k in sorted(rows)]
 
@@ -145,31 +182,67 @@ def _moment(cfg: StreamConfig, target: Target) -> datetime:
     return at
 
 
-async def rewind(cfg: StreamConfig, target: Target, shard: str | None = None) -> list[Change]:
-    """Rewrite the stream's checkpoint rows; returns what changed."""
+async def rewind(
+    cfg: StreamConfig, target: Target, shard: str | None = None, *, force: bool = False
+) -> Rewound:
+    """Rewrite the stream's checkpoint rows; returns what changed. Refused (unless
+    `force`) while a worker holds a live lease on a shard it rewrites."""
     _no_checkpoints(cfg)
-    async with open_store(cfg) as store:
+    async with open_checkpoints(cfg) as store:
         rows = await store.checkpoint_rows(cfg.name)
+        plan: dict[str, Checkpoint | None] | None = None
         if shard is None:
             since = _moment(cfg, target)
-            new = [start_row(cfg.name, since)]
-            await _write(store, cfg.name, list(rows), new)
+            drop, new = list(rows), [start_row(cfg.name, since)]
             was = rows.get(START_ID)
-            return [Change("(every shard)", f"{len(rows)} row(s)", f"start at {since.isoformat()}")] + (
+            changes = [Change("(every shard)", f"{len(rows)} row(s)", f"start at {since.isoformat()}")] + (
                 [Change(START_ID, _describe(was.checkpoint), _describe(new[0]))] if was else []
             )
-        async with shard_api(cfg) as api:
-            listed = {s.shard_id: s for s in await api.list_shards()}
-            if shard not in listed:
-                raise OperatorError(f"{cfg.name}: no shard {shard!r} in the stream's listing")
-            plan = await _plan(api, cfg, target, listed, shard, rows)
-        drop = [cid for cid in rows if (parse_lane_id(cid) or (cid,))[0] in plan]
-        new_rows = [c for c in plan.values() if c is not None]
-        await _write(store, cfg.name, drop, new_rows)
-        return [
-            Change(sid, _describe(rows[sid].checkpoint) if sid in rows else "(no row)", _describe(c))
-            for sid, c in plan.items()
-        ]
+        else:
+            async with shard_api(cfg) as api:
+                listed = {s.shard_id: s for s in await api.list_shards()}
+                if shard not in listed:
+                    raise OperatorError(f"{cfg.name}: no shard {shard!r} in the stream's listing")
+                plan = await _plan(api, cfg, target, listed, shard, rows)
+            drop = [cid for cid in rows if (parse_lane_id(cid) or (cid,))[0] in plan]
+            new = [c for c in plan.values() if c is not None]
+            changes = [
+                Change(sid, _describe(rows[sid].checkpoint) if sid in rows else "(no row)", _describe(c))
+                for sid, c in plan.items()
+            ]
+        forced_over, reopen = await _leases(cfg, plan, force)
+        await store.rewrite(cfg.name, drop, new, reopen)
+    return Rewound(changes, forced_over)
+
+
+async def _leases(
+    cfg: StreamConfig, plan: dict[str, Checkpoint | None] | None, force: bool
+) -> tuple[list[leases.LeaseView], list[Lease]]:
+    """The live leases on what the rewind rewrites (refused unless `force`), and the
+    ended leases of the shards it makes unfinished (to open again)."""
+    if cfg.coordination is None:
+        return [], []
+    views = await leases.observe(cfg, plan, first_held=not force, watch=not force)
+    held = [v for v in views.values() if v.state == "held" and (plan is None or v.shard_id in plan)]
+    if held and not force:
+        raise OperatorError(leases.refusal(cfg.name, held))
+    reopen = [
+        Lease(v.shard_id, None, v.counter, ended=True)
+        for v in views.values()
+        if v.state == "ended" and _unfinished(plan, v.shard_id)
+    ]
+    return held, reopen
+
+
+def _unfinished(plan: dict[str, Checkpoint | None] | None, shard_id: str) -> bool:
+    """Read again after the rewind: every shard of a whole-stream rewind (no tombstone is
+    left), a planned shard whose new row is not SHARD_END."""
+    if plan is None:
+        return True
+    if shard_id not in plan:
+        return False
+    row = plan[shard_id]
+    return row is None or row.state != ShardState.SHARD_END
 
 
 async def _plan(
@@ -227,25 +300,19 @@ async def _at_end(
     return row.checkpoint if row is not None else None
 
 
-async def _write(store: Store, stream: str, drop: list[str], new: list[Checkpoint]) -> None:
-    sink = store.sink
-    table_name = store.table(sink.checkpoints_table)
-    try:
-        async with sink.transaction() as conn:
-            for shard_id in drop:
-                await store.execute(
-                    conn, f"DELETE FROM {table_name} WHERE stream = ? AND shard_id = ?", stream, shard_id
-                )
-            if new:
-                await sink.save_checkpoints(conn, new)
-    except (TransientError, RecordError) as e:
-        raise OperatorError(f"{stream}: checkpoints not rewritten: {e}") from e
-    except Exception as e:
-        raise OperatorError(f"{stream}: checkpoints not rewritten: {sink.classify(e)}") from e
-
-
 def rewind_text(name: str, changes: list[Change]) -> str:
     rows = [[c.shard_id, c.was, c.now] for c in changes]
     return f"stream {name}: rewound; takes effect when the stream next starts\n" + table(
         ["SHARD", "WAS", "NOW"], rows, "  "
+    )
+
+
+def forced_text(name: str, held: list[leases.LeaseView]) -> str:
+    """The warning of a rewind forced over live leases (stderr)."""
+    owners = ", ".join(sorted({repr(v.owner) for v in held}))
+    return (
+        f"warning: {name}: written while worker(s) {owners} held the lease of {len(held)} "
+        "shard(s): a worker still running keeps reading from where it is and overwrites a "
+        "shard's checkpoint at its next commit; the rewind holds for the shards none commits "
+        "to before the stream restarts"
     )

@@ -56,7 +56,10 @@ def add_parsers(sub: Any) -> None:
     where.add_argument("--trim-horizon", action="store_true", help="the oldest record still kept")
     where.add_argument("--latest", action="store_true", help="skip what is in the stream now")
     rewind.add_argument(
-        "--force", action="store_true", help="even while another worker holds a lease (no leases yet)"
+        "--force",
+        action="store_true",
+        help="write it even while a worker holds a live lease on those shards (a worker still "
+        "running overwrites a shard's checkpoint at its next commit)",
     )
     rewind.add_argument("--json", action="store_true")
 
@@ -159,11 +162,13 @@ async def _checkpoints(args: argparse.Namespace) -> int:
         target = checkpoints.Target("timestamp", args.to_timestamp)
     else:
         target = checkpoints.Target("trim_horizon" if args.trim_horizon else "latest")
-    changes = await checkpoints.rewind(cfg, target, args.shard)
+    rewound = await checkpoints.rewind(cfg, target, args.shard, force=args.force)
+    if rewound.forced_over:
+        print(redact(checkpoints.forced_text(cfg.name, rewound.forced_over)), file=sys.stderr)
     if args.json:
-        _print([{"shard_id": c.shard_id, "was": c.was, "now": c.now} for c in changes])
+        _print([{"shard_id": c.shard_id, "was": c.was, "now": c.now} for c in rewound.changes])
     else:
-        _print(checkpoints.rewind_text(cfg.name, changes))
+        _print(checkpoints.rewind_text(cfg.name, rewound.changes))
     return 0
 
 

@@ -10,6 +10,7 @@ Each part of a stream names the actions it really calls, on the ARNs it names:
 | sqs source | ReceiveMessage, DeleteMessage, ChangeMessageVisibility, GetQueueAttributes | the queue |
 | sqs on_failure | SendMessage, GetQueueAttributes | the failure queue |
 | lambda sink | InvokeFunction | the function (with its qualifier) |
+| lease_store dynamodb | DescribeTable, CreateTable, Query, Get/Put/Update/DeleteItem | the lease table |
 
 Batch calls are authorised by their single action (DeleteMessageBatch by
 sqs:DeleteMessage, SendMessageBatch by sqs:SendMessage), DynamoDB Streams'
@@ -39,6 +40,8 @@ KINESIS_READ = ("DescribeStreamSummary", "ListShards", "GetShardIterator", "GetR
 DYNAMODB_STREAM_READ = ("DescribeStream", "GetShardIterator", "GetRecords")
 SQS_CONSUME = ("ReceiveMessage", "DeleteMessage", "ChangeMessageVisibility", "GetQueueAttributes")
 SQS_SEND = ("SendMessage", "GetQueueAttributes")
+# What `coordination/dynamodb_store.py` calls on its table (the operator commands: a subset).
+LEASE_TABLE = ("DescribeTable", "CreateTable", "Query", "GetItem", "PutItem", "UpdateItem", "DeleteItem")
 
 _SINGLE = {
     "SendMessageBatch": "SendMessage",
@@ -118,6 +121,10 @@ def stream_statements(cfg: StreamConfig) -> list[dict[str, Any]]:
         out.append(
             _statement(_sid(cfg.name, "InvokeFunction"), "lambda", ("InvokeFunction",), [_function(cfg.sink)])
         )
+    c = cfg.coordination
+    if c is not None and c.lease_store == "dynamodb":
+        leases = f"arn:aws:dynamodb:{c.region or '*'}:*:table/{c.table}"
+        out.append(_statement(_sid(cfg.name, "Leases"), "dynamodb", LEASE_TABLE, [leases]))
     return out
 
 

@@ -7,7 +7,10 @@
   (or where the shard would start); its age (the daemon's iterator age, from
   its arrival time) and, on Kinesis, its `MillisBehindLatest`; 0 when there
   is none.
-- The lease owner is empty until leases exist (one worker per stream).
+- Leases (with `coordination:`): each shard's lease owner, counter and state
+  as seen now (`leases`: free, held, expired, ended), from the stream's lease
+  store; without it the owner is empty (one worker reads every shard). With
+  `lease_store: dynamodb` the checkpoints are read from the lease table too.
 - SQS has no shards: the queue's (and its dead-letter queue's) visible, in
   flight and delayed messages.
 """
@@ -22,8 +25,11 @@ from typing import Any
 
 from poller.aws import aws_client, classify_aws, region_of
 from poller.config import SqsSource, StreamConfig
+from poller.operator import leases
+from poller.operator.checkpoints import open_checkpoints
 from poller.operator.errors import OperatorError
 from poller.operator.failure_stores import failure_store, queue_arn_parts
+from poller.operator.lease_table import keeps_checkpoints
 from poller.operator.render import table
 from poller.operator.sources import first_unread, shard_api
 from poller.operator.stores import CheckpointRow, open_store
@@ -45,6 +51,14 @@ class ShardStatus:
     lag_seconds: float | None  # age of the oldest unread record, 0 when none; None: not asked (ended)
     millis_behind_latest: int | None = None  # Kinesis, for the oldest unread record
     listed: bool = True
+    lease_counter: int | None = None
+    lease_state: str | None = None  # free | held | expired | ended; None: no lease (yet)
+    lease_renewed_seconds_ago: float | None = None  # by the lease database's clock (SQL stores)
+
+    def show_lease(self, lease: leases.LeaseView | None) -> None:
+        if lease is not None:
+            self.lease_owner, self.lease_counter, self.lease_state = lease.owner, lease.counter, lease.state
+            self.lease_renewed_seconds_ago = lease.renewed_ago
 
 
 @dataclass(slots=True)
@@ -62,6 +76,8 @@ class StreamStatus:
     failure_destination: str
     failures: int | None
     start: str | None = None  # the stored LATEST / AT_TIMESTAMP / rewind moment
+    lease_store: str | None = None  # with `coordination:`: where the leases are
+    lease_seconds: float | None = None
     shards: list[ShardStatus] = field(default_factory=list)
     queue: QueueCounts | None = None
     dead_letter_queue: QueueCounts | None = None
@@ -81,7 +97,12 @@ def _start(row: CheckpointRow | None, since: datetime | None) -> StartAt:
     return StartAt(TRIM_HORIZON)
 
 
-async def _shards(cfg: StreamConfig, rows: dict[str, CheckpointRow], status: StreamStatus) -> None:
+async def _shards(
+    cfg: StreamConfig,
+    rows: dict[str, CheckpointRow],
+    status: StreamStatus,
+    held: dict[str, leases.LeaseView],
+) -> None:
     marker = rows.pop(START_ID, None)
     since = parse_start_row(marker.checkpoint) if marker is not None else None
     status.start = _iso(since)
@@ -97,6 +118,8 @@ async def _shards(cfg: StreamConfig, rows: dict[str, CheckpointRow], status: Str
     for shard_id, row in sorted(own.items()):
         if shard_id not in lineage.listed:  # trimmed away: only its stored row is left
             status.shards.append(_row_only(shard_id, row))
+    for shown in status.shards:
+        shown.show_lease(held.get(shown.shard_id))
 
 
 async def _shard(
@@ -200,9 +223,11 @@ async def _queues(cfg: StreamConfig, status: StreamStatus) -> None:
 async def stream_status(cfg: StreamConfig) -> StreamStatus:
     dest = cfg.on_failure.type if cfg.on_failure else None
     status = StreamStatus(cfg.name, cfg.source.type, dest or "", None)
+    rows: dict[str, CheckpointRow] = {}
     try:
         async with open_store(cfg) as store:
-            rows = await store.checkpoint_rows(cfg.name) if cfg.source.type != "sqs" else {}
+            if cfg.source.type != "sqs" and not keeps_checkpoints(cfg):
+                rows = await store.checkpoint_rows(cfg.name)
             try:
                 failures = failure_store(cfg, store)
             except OperatorError:
@@ -215,12 +240,22 @@ async def stream_status(cfg: StreamConfig) -> StreamStatus:
                     await failures.close()
     except OperatorError as e:
         status.errors.append(str(e))
-        rows = {}
+    held: dict[str, leases.LeaseView] = {}
+    if cfg.coordination is not None:
+        status.lease_seconds = cfg.coordination.lease_seconds
+        try:
+            status.lease_store = leases.where(cfg)
+            if keeps_checkpoints(cfg):
+                async with open_checkpoints(cfg) as kept:
+                    rows = await kept.checkpoint_rows(cfg.name)
+            held = await leases.observe(cfg)
+        except OperatorError as e:
+            status.errors.append(str(e))
     try:
         if isinstance(cfg.source, SqsSource):
             await _queues(cfg, status)
         else:
-            await _shards(cfg, rows, status)
+            await _shards(cfg, rows, status, held)
     except OperatorError as e:
         status.errors.append(str(e))
     return status
@@ -234,6 +269,14 @@ def _lag(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def _lease(sh: ShardStatus) -> str:
+    """e.g. `held #12, 1.3s ago`: state, counter, and (SQL stores) the age of its last write."""
+    if sh.lease_state is None:
+        return "-"
+    ago = f", {sh.lease_renewed_seconds_ago:.1f}s ago" if sh.lease_renewed_seconds_ago is not None else ""
+    return f"{sh.lease_state} #{sh.lease_counter}{ago}"
+
+
 def as_text(statuses: list[StreamStatus]) -> str:
     out: list[str] = []
     for s in statuses:
@@ -242,7 +285,10 @@ def as_text(statuses: list[StreamStatus]) -> str:
         out.append(f"stream {s.name} ({s.source}): failures {failures}{where}")
         if s.start:
             out.append(f"  start position: {s.start}")
+        if s.lease_store:
+            out.append(f"  leases: {s.lease_store}, lease_seconds {s.lease_seconds:g}")
         if s.shards:
+            headers = ["SHARD", "STATE", "OWNER", "CHECKPOINT", "CHECKPOINTED AT", "LAG"]
             rows = [
                 [
                     sh.shard_id,
@@ -254,7 +300,11 @@ def as_text(statuses: list[StreamStatus]) -> str:
                 ]
                 for sh in s.shards
             ]
-            out.append(table(["SHARD", "STATE", "OWNER", "CHECKPOINT", "CHECKPOINTED AT", "LAG"], rows, "  "))
+            if s.lease_store:
+                headers.insert(3, "LEASE")
+                for row, sh in zip(rows, s.shards, strict=True):
+                    row.insert(3, _lease(sh))
+            out.append(table(headers, rows, "  "))
         queues = [("queue", s.queue), ("dead-letter queue", s.dead_letter_queue)]
         rows = [[name, q.url, str(q.visible), str(q.in_flight), str(q.delayed)] for name, q in queues if q]
         if rows:

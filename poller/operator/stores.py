@@ -4,7 +4,9 @@ The store is the sink's own database for the SQL sinks and the checkpoint
 store for handler and lambda sinks, opened in bookkeeping-only mode (no target
 table), so a command works before the target table exists and never needs the
 mapping. SQL here is written once with `?` placeholders and each dialect gets
-its own (`$n`, `%s`); table names are quoted by the dialect's rules.
+its own (`$n`, `%s`); table names are quoted by the dialect's rules. A
+rewind's rows and the ended leases it opens again (`poller_leases`, same
+database) change in one transaction.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from poller.config import (
     SqsSource,
     StreamConfig,
 )
+from poller.coordination.lease import Lease
 from poller.operator.errors import OperatorError
 from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, RecordError, TransientError
@@ -126,6 +129,35 @@ class Store:
         )
         checkpoints = checkpoints_from_rows(stream, [r[:5] for r in rows])
         return {r[0]: CheckpointRow(checkpoints[r[0]], as_utc(r[5])) for r in rows}
+
+    async def rewrite(self, stream: str, drop: list[str], new: list[Checkpoint], reopen: list[Lease]) -> None:
+        """In one transaction: drop these checkpoint rows, write these, and open these
+        ended leases again (each conditional on its counter as read, and moved on)."""
+        sink = self.sink
+        checkpoints = self.table(sink.checkpoints_table)
+        leases = self.table(ddl.LEASES_TABLE)
+        try:
+            async with sink.transaction() as conn:
+                for row_id in drop:
+                    await self.execute(
+                        conn, f"DELETE FROM {checkpoints} WHERE stream = ? AND shard_id = ?", stream, row_id
+                    )
+                if new:
+                    await sink.save_checkpoints(conn, new)
+                for lease in reopen:
+                    await self.execute(
+                        conn,
+                        f"UPDATE {leases} SET owner = NULL, state = 'open', "
+                        "lease_counter = lease_counter + 1 "
+                        "WHERE stream = ? AND shard_id = ? AND lease_counter = ? AND state = 'ended'",
+                        stream,
+                        lease.shard_id,
+                        lease.counter,
+                    )
+        except (TransientError, RecordError) as e:
+            raise OperatorError(f"{stream}: checkpoints not rewritten: {e}") from e
+        except Exception as e:
+            raise OperatorError(f"{stream}: checkpoints not rewritten: {sink.classify(e)}") from e
 
     async def count_failures(self, stream: str) -> int | None:
         if not self.sink.failures_table:

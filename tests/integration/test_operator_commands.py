@@ -23,6 +23,7 @@ import yaml
 
 from poller.config import load_path
 from poller.operator.iam import actions, iam_action, policy
+from tests.handlers import journal
 from tests.support import db
 from tests.support.aws import client, queue_depth, send_all
 from tests.support.aws_call_log import calls, recording
@@ -40,6 +41,7 @@ def kinesalite() -> Iterator[Kinesalite]:
 
 
 ROOT = Path(__file__).resolve().parents[2]
+LEASE = 3.0  # lease_seconds of the streams with `coordination:` (renewed every second)
 
 
 def poller(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -287,13 +289,15 @@ def test_rewind_to_a_timestamp_applies_the_later_records_again(
     assert final == {k: v + (1 if k in again else 0) for k, v in writes.items()}
 
 
+@pytest.mark.parametrize("leased", [False, True], ids=["one_worker", "leases"])
 def test_rewind_to_before_a_split_reads_the_parent_again_then_its_children(
-    kinesalite: Kinesalite, pg_dsn: str
+    kinesalite: Kinesalite, pg_dsn: str, leased: bool
 ) -> None:
     """kinesalite reshards as AWS does. After a split, a rewind to a moment before it
     reopens the parent: each key's record in the parent is applied again before
-    its record in a child, and every record once more."""
-    name = "rw_split"
+    its record in a child, and every record once more. With leases, the parent's
+    lease, ended by the first pass, is opened again by the rewind."""
+    name = "rw_split_leased" if leased else "rw_split"
     log_columns = "id text, k bigserial"
     create_logged_table(
         "postgres", pg_dsn, name, columns="id text PRIMARY KEY, n int", log_columns=log_columns, logged=["id"]
@@ -319,6 +323,8 @@ def test_rewind_to_before_a_split_reads_the_parent_again_then_its_children(
             StreamName=stream, Data=json.dumps({"id": f"B-{k}", "n": 2}).encode(), PartitionKey=k
         )
     cfg = kinesis_stream(name, "postgres", pg_dsn, stream, kinesalite.url)
+    if leased:
+        cfg["coordination"] = {"lease_seconds": LEASE, "worker_id": "split-w"}
     writes = f"SELECT count(*) FROM {name}_writes"
     with Daemon([cfg]) as d:
         d.wait_ready()
@@ -329,6 +335,10 @@ def test_rewind_to_before_a_split_reads_the_parent_again_then_its_children(
     assert states.pop(parent["ShardId"]) == "ended"
     assert sorted(states.values()) == ["reading", "reading"]
     assert all(s["lag_seconds"] == 0 for s in status["shards"] if s["state"] == "reading")
+    if leased:
+        leases = {s["shard_id"]: s["lease_state"] for s in status["shards"]}
+        assert leases.pop(parent["ShardId"]) == "ended"
+        assert list(leases.values()) == ["free", "free"]  # released on stop
 
     ok(
         "checkpoints",
@@ -532,6 +542,166 @@ def dynamodb_stream(name: str, table: str, moto: MotoServer, dsn: str) -> dict[s
             "columns": {"id": "keys.id", "n": "new.n"},
         },
     }
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def test_status_names_the_lease_holders_and_rewind_waits_for_live_ones(moto: MotoServer, pg_dsn: str) -> None:
+    """Leases in the sink's database: `status` shows the daemon's worker id on every
+    shard; a rewind is refused while that worker's leases are live, written with
+    --force, and accepted once they expired (SIGKILL) or were released (SIGTERM)."""
+    kind, dsn = "postgres", pg_dsn
+    kinesis, stream = new_kinesis(moto, 2)
+    name = f"lease_{uuid.uuid4().hex[:6]}"
+    make_table(kind, dsn, name)
+    cfg = kinesis_stream(
+        name, kind, dsn, stream, moto.url, coordination={"lease_seconds": LEASE, "worker_id": "ops-w1"}
+    )
+    records = [{"id": f"r{i}", "n": i} for i in range(10)]
+    _, last = put(kinesis, stream, records)
+    folder = config_dir(cfg)
+    rewind = ("checkpoints", "--config", str(folder), "rewind", "--stream", name, "--trim-horizon")
+
+    def shards() -> dict[str, dict[str, Any]]:
+        (status,) = json.loads(ok("status", "--config", str(folder), "--json"))["streams"]
+        assert not status["errors"], status["errors"]
+        return {s["shard_id"]: s for s in status["shards"]}
+
+    d = Daemon([cfg]).start()
+    try:
+        d.wait_ready()
+        wait_for(lambda: sum(write_counts(kind, dsn, name).values()) == 10, 30, message="rows")
+        wait_for(lambda: _checkpointed(kind, dsn, name) == last, 30, message="checkpoints")
+        wait_for(lambda: len(_owners(kind, dsn, name)) == 2, 15, message="both leases taken")
+        seen = shards()
+        assert set(seen) == set(last)
+        for s in seen.values():
+            assert (s["lease_owner"], s["lease_state"]) == ("ops-w1", "held"), s
+            assert s["lease_counter"] >= 1 and 0 <= s["lease_renewed_seconds_ago"] < LEASE
+        text = ok("status", "--config", str(folder))
+        assert "leases: the PostgreSQL database at " in text and "lease_seconds 3" in text
+        header = next(line for line in text.splitlines() if "SHARD" in line)
+        assert header.split()[:5] == ["SHARD", "STATE", "OWNER", "LEASE", "CHECKPOINT"]
+        for shard_id in last:
+            line = next(line for line in text.splitlines() if shard_id in line).split()
+            assert line[1:4] == ["reading", "ops-w1", "held"], line
+
+        refused = poller(*rewind)
+        assert refused.returncode == 1, refused.stderr
+        assert "not rewound: worker 'ops-w1' holds the leases of" in refused.stderr
+        assert "--force" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        shard = sorted(last)[0]
+        refused = poller(*rewind, "--shard", shard)
+        assert refused.returncode == 1 and f"'ops-w1' holds the lease of {shard}" in refused.stderr
+        assert _checkpointed(kind, dsn, name) == last  # nothing written
+
+        forced = poller(*rewind, "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "warning:" in forced.stderr and "'ops-w1'" in forced.stderr
+        assert _checkpointed(kind, dsn, name) == {}  # written (the idle daemon commits nothing)
+
+        d.kill()  # its leases still name it, until they expire
+        wait_for(
+            lambda: all(s["lease_state"] == "expired" for s in shards().values()),
+            LEASE + 15,
+            message="leases expired",
+        )
+        assert all(s["lease_owner"] == "ops-w1" for s in shards().values())
+    finally:
+        d.stop()
+    ok(*rewind)
+
+    with Daemon([cfg]) as d:  # the same worker id takes its leases back at once
+        d.wait_ready()
+        wait_for(lambda: sum(write_counts(kind, dsn, name).values()) == 20, 30, message="applied again")
+        wait_for(lambda: _checkpointed(kind, dsn, name) == last, 30, message="checkpoints again")
+    assert write_counts(kind, dsn, name) == {r["id"]: 2 for r in records}
+    assert all((s["lease_owner"], s["lease_state"]) == (None, "free") for s in shards().values())
+    assert "start at 1970-01-01" in ok(*rewind)  # released on SIGTERM: accepted at once
+
+
+def _owners(kind: str, dsn: str, stream: str) -> dict[str, str]:
+    rows = db.fetch(kind, dsn, f"SELECT shard_id, owner FROM poller_leases WHERE stream = '{stream}'")
+    return {r[0]: r[1] for r in rows if r[1]}
+
+
+def handler_stream(name: str, stream: str, moto: MotoServer, tmp: Path) -> dict[str, Any]:
+    """User code with its leases and checkpoints in a DynamoDB table (on moto)."""
+    cfg = kinesis_stream(name, "postgres", "unused", stream, moto.url)
+    cfg["sink"] = {
+        "type": "handler",
+        "handler": "tests.handlers.failing:poison",
+        "code_path": str(ROOT),
+        "checkpoint_dsn": str(tmp / "store.sqlite"),  # failure rows only
+    }
+    cfg["coordination"] = {
+        "lease_store": "dynamodb",
+        "table": f"{name}-leases",
+        "endpoint_url": moto.url,
+        "region": "us-east-1",
+        "lease_seconds": LEASE,
+        "worker_id": "ops-h1",
+    }
+    return cfg
+
+
+def test_a_dynamodb_lease_store_is_where_the_commands_read_and_rewind_checkpoints(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """`lease_store: dynamodb` keeps the checkpoints in the lease table: `checkpoints
+    show` and `status` read them there, a rewind is refused while the handler's daemon
+    holds the leases and, once it stopped, written there and applied by the next run.
+    The policy of the stream grants every call the daemon and the commands made."""
+    kinesis, stream = new_kinesis(moto, 2)
+    name = f"ddbl_{uuid.uuid4().hex[:6]}"
+    cfg = handler_stream(name, stream, moto, tmp_path)
+    records = [{"id": f"h{i}"} for i in range(8)]
+    _, last = put(kinesis, stream, records)
+    folder = config_dir(cfg)
+    handled_log, calls_log = tmp_path / "handled.jsonl", tmp_path / "calls.log"
+    env = {"HANDLER_LOG": str(handled_log), **recording(calls_log)}
+
+    def handled() -> list[str]:
+        return [e["handled"] for e in journal.read(handled_log) if "handled" in e]
+
+    def shown() -> dict[str, str | None]:
+        rows = json.loads(ok("checkpoints", "--config", str(folder), "show", "--json"))[name]
+        return {r["shard_id"]: r["sequence_number"] for r in rows}
+
+    rewind = ("checkpoints", "--config", str(folder), "rewind", "--stream", name, "--trim-horizon")
+    with Daemon([cfg], env=env) as d:
+        d.wait_ready()
+        wait_for(lambda: len(handled()) == 8, 30, message="records handled")
+        wait_for(lambda: {k: v for k, v in shown().items() if v} == last, 30, message="checkpoints")
+        (status,) = json.loads(ok("status", "--config", str(folder), "--json"))["streams"]
+        assert status["lease_store"] == f"the DynamoDB table {name}-leases" and not status["errors"]
+        for s in status["shards"]:
+            assert (s["lease_owner"], s["lease_state"]) == ("ops-h1", "held"), s
+            assert s["sequence_number"] == last.get(s["shard_id"])
+        refused = poller(*rewind)
+        assert refused.returncode == 1 and "worker 'ops-h1' holds the leases of" in refused.stderr
+    assert poller(*rewind, env=recording(calls_log)).returncode == 0  # released on SIGTERM
+    assert shown() == {"#start": "1970-01-01T00:00:00+00:00"}
+
+    with Daemon([cfg], env=env) as d:
+        d.wait_ready()
+        wait_for(lambda: len(handled()) == 16, 30, message="records handled again")
+    assert sorted(handled()) == sorted([r["id"] for r in records] * 2)
+
+    # One shard back to its oldest record: written onto its lease item.
+    shard = sorted(last)[0]
+    (change,) = json.loads(ok(*rewind, "--shard", shard, "--json"))
+    assert (
+        change["shard_id"] == shard and change["was"] == last[shard] and change["now"].startswith("before ")
+    )
+    rows = json.loads(ok("checkpoints", "--config", str(folder), "show", "--json"))[name]
+    row = next(r for r in rows if r["shard_id"] == shard)
+    assert (row["sequence_number"], row["sub_sequence"]) == (change["now"].removeprefix("before "), -1)
+
+    observed = _observed(calls_log)
+    assert {"dynamodb:CreateTable", "dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:PutItem"} <= observed
+    assert observed <= actions(policy(load_path(folder, env={})))
 
 
 # --------------------------------------------------------------------------- iam-policy

@@ -45,8 +45,8 @@ def scalar(kind: str, dsn: str, sql: str, params: Any = None) -> Any:
 
 
 def drop_bookkeeping(kind: str, dsn: str, stream: str) -> None:
-    """Forget a stream's checkpoints and processed ids (tables are shared by tests)."""
-    for table in ("poller_checkpoints", "poller_processed", "poller_failures"):
+    """Forget a stream's checkpoints, processed ids and leases (tables are shared by tests)."""
+    for table in ("poller_checkpoints", "poller_processed", "poller_failures", "poller_leases"):
         try:
             execute(kind, dsn, f"DELETE FROM {table} WHERE stream = '{stream}'")
         except Exception:

@@ -104,6 +104,33 @@ def test_handler_sinks_and_sql_sinks_add_no_aws_action() -> None:
     assert actions(policy([handler])) == actions(policy([stream()]))
 
 
+def test_a_dynamodb_lease_store_gets_what_it_calls_on_its_own_table_only() -> None:
+    handler = {"type": "handler", "handler": "app:handler"}
+    leased = stream(
+        sink=handler,
+        coordination={"lease_store": "dynamodb", "table": "orders-leases", "region": "eu-west-1"},
+    )
+    got = statements(leased)
+    assert got["OrdersEuLeases"] == {
+        "Sid": "OrdersEuLeases",
+        "Effect": "Allow",
+        "Action": [
+            "dynamodb:CreateTable",
+            "dynamodb:DeleteItem",
+            "dynamodb:DescribeTable",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:Query",
+            "dynamodb:UpdateItem",
+        ],
+        "Resource": "arn:aws:dynamodb:eu-west-1:*:table/orders-leases",
+    }
+    default = statements(stream(sink=handler, coordination={"lease_store": "dynamodb"}))
+    assert default["OrdersEuLeases"]["Resource"] == "arn:aws:dynamodb:*:*:table/poller-leases"
+    # Leases in the sink's database need no AWS permission.
+    assert actions(policy([stream(coordination={"lease_seconds": 5})])) == actions(policy([stream()]))
+
+
 def test_deploy_iam_policy_is_the_commands_output_for_the_examples() -> None:
     # A clean environment: the examples' ${VAR:-default} take their defaults.
     done = subprocess.run(
