@@ -449,21 +449,41 @@ class SqliteSinkConfig(DatabaseSinkConfig):
         return _sink_dsn(v, "sqlite", check)
 
 
-class HandlerSinkConfig(Strict):
+class UserCodeSinkConfig(Strict):
+    """What the `handler` and `lambda` sinks share: user code gets records as
+    Lambda would, and checkpoints go to a store of their own."""
+
+    checkpoint_dsn: str = Field(
+        "poller-checkpoints.sqlite", description="sqlite path, postgres:// or mysql:// DSN"
+    )
+    report_batch_item_failures: bool = Field(
+        True, description="Honour a returned `batchItemFailures` (Lambda: FunctionResponseTypes)."
+    )
+    tumbling_window_seconds: int = Field(
+        0,
+        ge=0,
+        le=900,
+        description="Lambda's TumblingWindowInSeconds (Kinesis and DynamoDB Streams): each shard's "
+        "records are delivered in windows of this many seconds by arrival time, with the `state` "
+        "the function returned passed to its next invocation of the window and a final invocation "
+        "when the window ends (docs/migrating-from-lambda.md). 0: no windows.",
+    )
+
+    @field_validator("checkpoint_dsn")
+    @classmethod
+    def _checkpoint_store(cls, v: str) -> str:
+        return _checkpoint_dsn(v)
+
+
+class HandlerSinkConfig(UserCodeSinkConfig):
     type: Literal["handler"]
     handler: str = Field(..., pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     timeout_seconds: float = Field(60, gt=0, le=900)
     function_name: str | None = None
     memory_limit_in_mb: int = Field(128, ge=128, le=10_240)
-    checkpoint_dsn: str = Field(
-        "poller-checkpoints.sqlite", description="sqlite path, postgres:// or mysql:// DSN"
-    )
     code_path: str | None = Field(
         None,
         description="Folder put first on the import path (Lambda's /var/task); default: the working folder.",
-    )
-    report_batch_item_failures: bool = Field(
-        True, description="Honour a returned `batchItemFailures` (Lambda: FunctionResponseTypes)."
     )
     max_concurrency: int = Field(
         1,
@@ -472,47 +492,15 @@ class HandlerSinkConfig(Strict):
         description="Invocations of this handler that may overlap in the process. Lambda runs one at a "
         "time per sandbox, and handlers may keep per-invocation state in module globals.",
     )
-    tumbling_window_seconds: int = Field(
-        0,
-        ge=0,
-        le=900,
-        description="Lambda's TumblingWindowInSeconds (Kinesis and DynamoDB Streams): each shard's "
-        "records are delivered in windows of this many seconds by arrival time, with the `state` "
-        "the function returned passed to its next invocation of the window and a final invocation "
-        "when the window ends (docs/migrating-from-lambda.md). 0: no windows.",
-    )
-
-    @field_validator("checkpoint_dsn")
-    @classmethod
-    def _checkpoint_store(cls, v: str) -> str:
-        return _checkpoint_dsn(v)
 
 
-class LambdaSinkConfig(AwsEndpoint):
+class LambdaSinkConfig(AwsEndpoint, UserCodeSinkConfig):
     type: Literal["lambda"]
     function: str = Field(..., min_length=1, description="Function name, name:alias, or ARN.")
-    checkpoint_dsn: str = "poller-checkpoints.sqlite"
     qualifier: str | None = Field(None, description="Version or alias to invoke.")
     timeout_seconds: float = Field(
         900, gt=0, le=900, description="How long to wait for one Invoke (the function's own timeout or more)."
     )
-    report_batch_item_failures: bool = Field(
-        True, description="Honour a returned `batchItemFailures` (Lambda: FunctionResponseTypes)."
-    )
-    tumbling_window_seconds: int = Field(
-        0,
-        ge=0,
-        le=900,
-        description="Lambda's TumblingWindowInSeconds (Kinesis and DynamoDB Streams): each shard's "
-        "records are delivered in windows of this many seconds by arrival time, with the `state` "
-        "the function returned passed to its next invocation of the window and a final invocation "
-        "when the window ends (docs/migrating-from-lambda.md). 0: no windows.",
-    )
-
-    @field_validator("checkpoint_dsn")
-    @classmethod
-    def _checkpoint_store(cls, v: str) -> str:
-        return _checkpoint_dsn(v)
 
 
 SinkConfig = Annotated[
