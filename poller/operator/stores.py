@@ -28,7 +28,6 @@ from poller.config import (
 )
 from poller.coordination.lease import Lease
 from poller.operator.errors import OperatorError
-from poller.processing.mapping import Mapper
 from poller.records import Checkpoint, RecordError, TransientError
 from poller.sinks import ddl
 from poller.sinks.base import SqlSink, checkpoints_from_rows
@@ -44,19 +43,8 @@ def bookkeeping_sink(cfg: StreamConfig) -> SqlSink:
     """The stream's store in bookkeeping-only mode (`table=""`)."""
     s = cfg.sink
     failures = failures_table(cfg)
-    mapper = Mapper(None, [])
-    if isinstance(s, PostgresSinkConfig):
-        from poller.sinks.postgres import PostgresSink as Postgres
-
-        return Postgres(s.dsn, mapper, "", pool_size=1, failures_table=failures)
-    if isinstance(s, MysqlSinkConfig):
-        from poller.sinks.mysql import MysqlSink as Mysql
-
-        return Mysql(s.dsn, mapper, "", pool_size=1, failures_table=failures)
-    if isinstance(s, SqliteSinkConfig):
-        from poller.sinks.sqlite import SqliteSink as Sqlite
-
-        return Sqlite(s.dsn, mapper, "", failures_table=failures)
+    if isinstance(s, PostgresSinkConfig | MysqlSinkConfig | SqliteSinkConfig):
+        return checkpoint_store(s.dsn, failures, store=s.type)
     assert isinstance(s, HandlerSinkConfig | LambdaSinkConfig)
     return checkpoint_store(s.checkpoint_dsn, failures)
 

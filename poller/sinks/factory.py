@@ -46,15 +46,20 @@ def build_sink(cfg: StreamConfig, failures_table: str | None) -> Sink:
 
 
 def checkpoint_store(
-    dsn: str, failures_table: str | None = None, table: str = "", shape: RowShape | None = None
+    dsn: str,
+    failures_table: str | None = None,
+    table: str = "",
+    shape: RowShape | None = None,
+    store: str | None = None,
 ) -> SqlSink:
     """The store of a user-code sink: a SQL sink with no target table, only checkpoints,
     processed ids and, with a `table` destination (the default on a stream), failure rows.
     The config refuses any other DSN first (`_checkpoint_dsn`); this refuses it again
     rather than create a SQLite file named after it. `table` and `shape`: rows the store
-    keeps besides (tumbling windows' state), written in the same transactions."""
+    keeps besides (tumbling windows' state), written in the same transactions. `store`:
+    the database a database sink's own config names (its DSN schemes are wider)."""
     shape = shape or TableShape.of(None, [])
-    store = dsn_rules.kind(dsn)
+    store = store or dsn_rules.kind(dsn)
     if store == "postgres":
         from poller.sinks.postgres import PostgresSink
 

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from poller.config import HandlerSinkConfig
+from poller.config import HandlerSinkConfig, UserCodeSinkConfig
 from poller.context import LambdaContext, function_arn, log_stream_name
 from poller.events import lambda_event
 from poller.observability.logging import get_logger
@@ -102,17 +102,17 @@ class EventSink(Sink):
 
     def __init__(
         self,
-        checkpoint_dsn: str,
-        report_batch_item_failures: bool,
+        cfg: UserCodeSinkConfig,
+        stream: str,
         failures_table: str | None = None,
-        *,
-        stream: str = "",
         windows: WindowOptions | None = None,
     ):
+        checkpoint_dsn = cfg.checkpoint_dsn
         self.checkpoint_dsn = checkpoint_dsn
         self.failures_table = failures_table
-        self.report_batch_item_failures = report_batch_item_failures
+        self.report_batch_item_failures = cfg.report_batch_item_failures
         self.windows: TumblingWindows | None = None
+        windows = windows or WindowOptions.for_seconds(cfg.tumbling_window_seconds)
         if windows is None:
             self.store = checkpoint_store(checkpoint_dsn, failures_table)
         else:
@@ -278,13 +278,7 @@ class HandlerSink(EventSink):
         failures_table: str | None = None,
         windows: WindowOptions | None = None,
     ):
-        super().__init__(
-            cfg.checkpoint_dsn,
-            cfg.report_batch_item_failures,
-            failures_table,
-            stream=stream,
-            windows=windows or WindowOptions.for_seconds(cfg.tumbling_window_seconds),
-        )
+        super().__init__(cfg, stream, failures_table, windows)
         self.cfg = cfg
         self.stream = stream
         self.function_name = cfg.function_name or stream

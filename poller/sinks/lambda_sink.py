@@ -108,13 +108,7 @@ class LambdaSink(EventSink):
         failures_table: str | None = None,
         windows: WindowOptions | None = None,
     ):
-        super().__init__(
-            cfg.checkpoint_dsn,
-            cfg.report_batch_item_failures,
-            failures_table,
-            stream=stream,
-            windows=windows or WindowOptions.for_seconds(cfg.tumbling_window_seconds),
-        )
+        super().__init__(cfg, stream, failures_table, windows)
         self.cfg = cfg
         self.stream = stream
         self._stack: AsyncExitStack | None = None
