@@ -170,12 +170,16 @@ class LeaseCoordinator:
             if lease.shard_id not in running
             and (how := self.taker.availability(lease, self.held, now)) is not None
         }
+        # A shard whose worker still runs here is neither taken nor stolen back: that
+        # worker may be committing under its old tenure's fence, which names this
+        # owner too, so a new tenure must not begin until it has stopped.
+        takeable = self.wanted.keys() - running
         plan = choose(
             self.owner,
             leases,
             available,
             self.held,
-            self.wanted,
+            takeable,
             self.rng,
             may_steal=not self.store.one_worker,
         )

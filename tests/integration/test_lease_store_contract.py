@@ -8,6 +8,7 @@ and a commit made under a lease that passed to another worker writes nothing.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from poller.coordination import Lease, LeaseStore, kept_checkpoints
+from poller.coordination import Lease, LeaseCoordinator, LeaseStore, kept_checkpoints
 from poller.coordination.dynamodb_store import DynamoDBLeaseStore
 from poller.coordination.sql_store import SqlLeaseStore
 from poller.records import Checkpoint, ShardState
@@ -205,3 +206,36 @@ async def test_a_commit_under_a_lease_that_passed_on_writes_nothing(
     with pytest.raises(Fenced):
         await sink.commit(commit(Fence("shard-1", "zombie", 0, keeper), "117", "m-6"))  # never held
     assert await checkpoint() == "120"
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql", "dynamodb"], indirect=True)  # SQLite never steals
+async def test_a_shard_still_read_here_is_not_taken_back_until_its_worker_stopped(
+    backend: Backend, stores: tuple[LeaseStore, LeaseStore]
+) -> None:
+    """A worker that wakes from a pause finds both its leases taken and their
+    workers still stopping: it steals neither back (their stale commits would
+    carry a fence naming it again); once they stopped, it steals one, under a
+    new counter."""
+    a, b = stores
+    s = stream()
+    coordinator = LeaseCoordinator(s, a, "paused", 3.0, rng=random.Random(1))
+    coordinator.want({"x": (), "y": ()}, {"x", "y"})
+    await coordinator.round()
+    assert coordinator.holding() == {"x", "y"}
+    before = {shard: coordinator.fence(shard) for shard in ("x", "y")}
+    coordinator.running = lambda: {"x", "y"}  # their workers have not stopped yet
+
+    for shard in ("x", "y"):  # taken elsewhere while it was paused
+        current = await b.get(s, shard)
+        assert current is not None and await b.take(s, current, "other") is not None
+    await coordinator.round()
+    assert coordinator.take_lost() == {"x", "y"}
+    assert coordinator.holding() == set()
+    assert {lease.owner for lease in await b.list_leases(s)} == {"other"}
+
+    coordinator.running = lambda: ()  # both stopped
+    await coordinator.round()
+    (stolen,) = coordinator.holding()
+    fence = coordinator.fence(stolen)
+    old = before[stolen]
+    assert fence is not None and old is not None and fence.counter > old.counter

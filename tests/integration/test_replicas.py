@@ -74,10 +74,11 @@ class Replicas:
         self.kind, self.dsn = kind, dsn
         self.table = f"{name}_{kind}"
         make_table(kind, dsn, self.table)
-        try:
-            db.execute(kind, dsn, f"DELETE FROM poller_leases WHERE stream = '{self.table}'")
-        except Exception:
-            pass  # no sink has created it yet
+        for state in ("poller_leases", "poller_checkpoints"):  # of an earlier run, on another stream
+            try:
+                db.execute(kind, dsn, f"DELETE FROM {state} WHERE stream = '{self.table}'")
+            except Exception:
+                pass  # no sink has created it yet
         self.kinesis = client("kinesis", kinesalite.url)
         self.stream = f"{self.table}-{uuid.uuid4().hex[:6]}"
         create_stream(self.kinesis, self.stream, shards)
