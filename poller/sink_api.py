@@ -37,9 +37,13 @@ class Fenced(Exception):
     Neither transient (retrying cannot help) nor a record error (no record is
     at fault): the worker that made the commit stops with reason LEASE_LOST."""
 
-    def __init__(self, shard_id: str, holder: str | None):
-        holder_text = f"held by {holder}" if holder else "not held by anyone"
-        super().__init__(f"the lease of shard {shard_id} is {holder_text} now: commit refused")
+    def __init__(self, shard_id: str, holder: str | None, *, tenure_over: bool = False):
+        if tenure_over:
+            text = f"this worker's hold of the lease of shard {shard_id} is over (lost, released or ended)"
+        else:
+            holder_text = f"held by {holder}" if holder else "not held by anyone"
+            text = f"the lease of shard {shard_id} is {holder_text} now"
+        super().__init__(f"{text}: commit refused")
         self.shard_id = shard_id
         self.holder = holder
 
@@ -53,20 +57,41 @@ class CheckpointKeeper(Protocol):
         raise `Fenced` when it no longer does, `TransientError` when unreachable."""
 
 
+class Tenure:
+    """One holding of a lease by this process, from its take until it is lost,
+    released or ended. The lease row alone cannot tell two tenures of one owner
+    apart (a lease lost, then taken back, names the same owner with a higher
+    counter), so a commit is refused once its tenure is over, whatever the row says."""
+
+    __slots__ = ("over",)
+
+    def __init__(self) -> None:
+        self.over = False
+
+    def end(self) -> None:
+        self.over = True
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """The lease a shard's commit is made under: its holder (`owner`) and the lease
-    counter at which that holder took it. It holds while the lease row still names
-    `owner` with a counter at or above `counter` (every lease write moves the
-    counter on, and a take also changes the owner)."""
+    """The lease a shard's commit is made under: its holder (`owner`), the lease
+    counter at which that holder took it, and that holding (`tenure`). It holds
+    while the tenure lasts and the lease row still names `owner` with a counter at
+    or above `counter` (every lease write moves the counter on, and a take also
+    changes the owner)."""
 
     shard_id: str
     owner: str
     counter: int
     keeper: CheckpointKeeper | None = None  # set when the lease store keeps the checkpoints
+    tenure: Tenure | None = None
 
     def holds(self, owner: str | None, counter: int) -> bool:
-        return owner == self.owner and counter >= self.counter
+        return self.current() and owner == self.owner and counter >= self.counter
+
+    def current(self) -> bool:
+        """The tenure it was taken under is not over (checked before any store is)."""
+        return self.tenure is None or not self.tenure.over
 
 
 @dataclass(slots=True)

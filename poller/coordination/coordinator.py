@@ -35,7 +35,7 @@ from poller.coordination.taker import LeaseTaker
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Checkpoint, TransientError
-from poller.sink_api import CheckpointKeeper, Fence
+from poller.sink_api import CheckpointKeeper, Fence, Tenure
 
 log = get_logger()
 
@@ -128,8 +128,15 @@ class LeaseCoordinator:
         self._held_gauge.set(len(self.held))
         self.on_change()
 
-    def _lose(self, shard_id: str, found: Lease | str | None) -> None:
+    def _forget(self, shard_id: str) -> HeldLease | None:
+        """No longer held here: its tenure is over, so commits still under it are refused."""
         h = self.held.pop(shard_id, None)
+        if h is not None and h.fence.tenure is not None:
+            h.fence.tenure.end()
+        return h
+
+    def _lose(self, shard_id: str, found: Lease | str | None) -> None:
+        h = self._forget(shard_id)
         if h is None:
             return
         self._lost.add(shard_id)
@@ -195,7 +202,7 @@ class LeaseCoordinator:
             stolen = take.how == "stolen"
             self.held[taken.shard_id] = HeldLease(
                 taken,
-                Fence(taken.shard_id, self.owner, taken.counter, self.keeper),
+                Fence(taken.shard_id, self.owner, taken.counter, self.keeper, Tenure()),
                 renewed_at=started,
                 readable_at=started + self.renew_every if stolen else 0.0,
             )
@@ -258,7 +265,7 @@ class LeaseCoordinator:
     async def ended(self, shard_id: str) -> None:
         """The shard was read to its end (its SHARD_END checkpoint is committed):
         the lease is marked ended and never taken again."""
-        h = self.held.pop(shard_id, None)
+        h = self._forget(shard_id)
         self._held_gauge.set(len(self.held))
         if h is None:
             return
@@ -276,14 +283,14 @@ class LeaseCoordinator:
         log.warning(
             "commit refused: the lease has passed to another worker", stream=self.stream, shard=shard_id
         )
-        if self.held.pop(shard_id, None) is not None:
+        if self._forget(shard_id) is not None:
             self._event("lost")
         self._held_gauge.set(len(self.held))
 
     async def release_all(self) -> None:
         """Graceful stop: clear the owner of every held lease (after its worker stopped),
         so other workers take them at once rather than after expiry."""
-        held, self.held = self.held, {}
+        held = {shard_id: h for shard_id in list(self.held) if (h := self._forget(shard_id)) is not None}
         self._held_gauge.set(0)
         for shard_id, h in held.items():
             try:

@@ -218,6 +218,8 @@ class DynamoDBLeaseStore:
         `fence.owner` still holds it at or above the counter it took it at."""
         if not checkpoints:
             return
+        if not fence.current():
+            raise Fenced(fence.shard_id, fence.owner, tenure_over=True)
         names: dict[str, str] = {}
         values: dict[str, Any] = {":me": {"S": fence.owner}, ":taken": _n(fence.counter)}
         sets: list[str] = []

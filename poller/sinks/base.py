@@ -147,7 +147,7 @@ class SqlSink(Sink):
         row = await self.lease_row(conn, stream, fence.shard_id)
         owner, counter = row if row is not None else (None, -1)
         if not fence.holds(owner, counter):
-            raise Fenced(fence.shard_id, owner)
+            raise Fenced(fence.shard_id, owner, tenure_over=not fence.current())
 
     # -- dialect hooks -----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from poller.coordination import Lease, LeaseCoordinator, LeaseStore, kept_checkp
 from poller.coordination.dynamodb_store import DynamoDBLeaseStore
 from poller.coordination.sql_store import SqlLeaseStore
 from poller.records import Checkpoint, ShardState
-from poller.sink_api import Fence, Fenced, MessageWrite, Transaction
+from poller.sink_api import Fence, Fenced, MessageWrite, Tenure, Transaction
 from poller.sinks.base import SqlSink
 from poller.sinks.factory import checkpoint_store
 from tests.support.servers import MotoServer
@@ -231,6 +231,7 @@ async def test_a_shard_still_read_here_is_not_taken_back_until_its_worker_stoppe
     await coordinator.round()
     assert coordinator.take_lost() == {"x", "y"}
     assert coordinator.holding() == set()
+    assert not any(f is not None and f.current() for f in before.values())  # their tenures are over
     assert {lease.owner for lease in await b.list_leases(s)} == {"other"}
 
     coordinator.running = lambda: ()  # both stopped
@@ -239,3 +240,37 @@ async def test_a_shard_still_read_here_is_not_taken_back_until_its_worker_stoppe
     fence = coordinator.fence(stolen)
     old = before[stolen]
     assert fence is not None and old is not None and fence.counter > old.counter
+
+
+async def test_a_commit_of_a_tenure_that_is_over_is_refused_though_the_lease_names_its_owner_again(
+    backend: Backend, stores: tuple[LeaseStore, LeaseStore]
+) -> None:
+    """Lost, then taken back by the same worker id: the row names that owner with
+    a higher counter, which the old tenure's fence alone would accept."""
+    a, b = stores
+    sink = backend.sink
+    s = stream()
+    await a.create(s, "shard-1", ())
+    first = await a.take(s, Lease("shard-1"), "w")
+    assert first is not None
+    old_tenure = Tenure()
+    old = Fence("shard-1", "w", first.counter, kept_checkpoints(a), old_tenure)
+
+    def commit(fence: Fence, sequence: str) -> Transaction:
+        return Transaction(
+            stream=s, checkpoints=[Checkpoint(s, "shard-1", sequence, 0, ShardState.RUNNING)], fence=fence
+        )
+
+    await sink.commit(commit(old, "100"))
+    old_tenure.end()  # lost
+    other = await b.take(s, first, "other")
+    assert other is not None
+    again = await a.take(s, other, "w")
+    assert again is not None and again.owner == "w"
+    new = Fence("shard-1", "w", again.counter, kept_checkpoints(a), Tenure())
+    await sink.commit(commit(new, "200"))
+
+    with pytest.raises(Fenced, match="is over"):
+        await sink.commit(commit(old, "150"))
+    rows = await (kept_checkpoints(b) or sink).load_checkpoints(s)
+    assert rows["shard-1"].sequence_number == "200"
