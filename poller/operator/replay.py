@@ -9,6 +9,14 @@ failure (`FailureStore.claim`). A record whose error comes back keeps its
 place with the new error and writes nothing; one the filters now drop is
 claimed with no rows. A transient error (the database down) stops the replay:
 what was replayed stays replayed, the rest can be replayed later.
+
+Handler and lambda sinks: the record is handed to user code as a one-record
+Lambda event *inside* the bookkeeping store's transaction that claims the
+failure, so a second replay, or one running at the same time (it waits on the
+claim), does not deliver it again; if user code fails (an exception, or the
+record named in `batchItemFailures`) the claim rolls back and the failure
+stays with its new error. Only a crash between user code's answer and the
+commit delivers it once more on the next replay: at least once, as Lambda.
 """
 
 from __future__ import annotations
@@ -16,14 +24,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from poller.config import (
     DynamoDBSource,
+    HandlerSinkConfig,
     KinesisSource,
-    MysqlSinkConfig,
-    PostgresSinkConfig,
-    SqliteSinkConfig,
+    LambdaSinkConfig,
     StreamConfig,
 )
 from poller.operator.errors import OperatorError
@@ -33,8 +40,10 @@ from poller.processing.failures import Unit
 from poller.processing.mapping import last_op_per_key
 from poller.processing.pipeline import Preparer
 from poller.records import KINESIS, Failure, Record, RecordError, TransientError, describe_error
+from poller.sink_api import Sink
 from poller.sinks.base import SqlSink
 from poller.sinks.factory import build_sink
+from poller.sinks.handler import EventSink
 
 # Failures of the whole source record; any other names one decoded child of it
 # (by its sub-sequence), and only that child is written again.
@@ -98,11 +107,15 @@ def _chosen(units: list[Unit], item: FailureItem) -> list[Unit]:
 
 
 class Replayer:
-    def __init__(self, cfg: StreamConfig, sink: SqlSink, failures: FailureStore):
+    """Replays failures into `sink`: rows for a database sink, deliveries for user code."""
+
+    def __init__(self, cfg: StreamConfig, sink: Sink, failures: FailureStore):
         self.cfg = cfg
         self.sink = sink
         self.failures = failures
         self.preparer = Preparer(cfg, sink)
+        # Where the claim is made: the sink's own database, or user code's bookkeeping store.
+        self.store: SqlSink = sink.store if isinstance(sink, EventSink) else cast(SqlSink, sink)
 
     async def replay(self, item: FailureItem, report: ReplayReport) -> None:
         units = _chosen(self.preparer.stream_units([rebuild(self.cfg, item)]), item)
@@ -110,9 +123,9 @@ class Replayer:
         if failed is not None:
             await self._failed_again(item, failed.reason, failed.error_class, failed.error_message, report)
             return
-        ops = [op for u in units for op in u.ops]
+        live = [u for u in units if not u.filtered]
         try:
-            claimed = await self._commit(item, ops)
+            claimed = await self._commit(item, live)
         except TransientError as e:
             raise OperatorError(f"replay stopped at failure {item.id}: {e}") from e
         except RecordError as e:
@@ -121,31 +134,51 @@ class Replayer:
         await self.failures.replayed(item)
         if not claimed:
             report.already.append(item.id)
-        elif ops:
+        elif self._writes(live):
             report.replayed.append(item.id)
         else:
             report.filtered.append(item.id)
 
-    async def _commit(self, item: FailureItem, ops: list[Any]) -> bool:
-        sink = self.sink
+    def _writes(self, live: list[Unit]) -> bool:
+        if isinstance(self.sink, EventSink):
+            return bool(live)
+        return any(u.ops for u in live)
+
+    async def _commit(self, item: FailureItem, live: list[Unit]) -> bool:
+        """Claim the failure and write it, in one transaction; False if it was claimed already."""
+        store = self.store
         try:
-            async with sink.transaction() as conn:
+            async with store.transaction() as conn:
                 if not await self.failures.claim(conn, item):
                     return False
-                final = last_op_per_key(ops)
-                upserts = [op.values for op in final if op.values is not None]
-                deletes = [op.key for op in final if op.values is None]
-                if upserts:
-                    await sink.upsert(conn, upserts)
-                if deletes:
-                    await sink.delete(conn, deletes)
+                if isinstance(self.sink, EventSink):
+                    await self._deliver(self.sink, [u.source for u in live])
+                else:
+                    await self._write(conn, [op for u in live for op in u.ops])
                 return True
         except (TransientError, RecordError):
             raise
         except ConcurrentReplay:
             return False
         except Exception as e:
-            raise sink.classify(e) from e
+            raise store.classify(e) from e
+
+    async def _write(self, conn: Any, ops: list[Any]) -> None:
+        final = last_op_per_key(ops)
+        upserts = [op.values for op in final if op.values is not None]
+        deletes = [op.key for op in final if op.values is None]
+        if upserts:
+            await self.store.upsert(conn, upserts)
+        if deletes:
+            await self.store.delete(conn, deletes)
+
+    @staticmethod
+    async def _deliver(sink: EventSink, records: list[Record]) -> None:
+        if not records:
+            return
+        answer = await sink.deliver(records)
+        if sink.failed_items(answer, records):
+            raise RecordError("user code reported the record failed again (batchItemFailures)")
 
     async def _failed_again(
         self, item: FailureItem, reason: str, error_class: str, message: str, report: ReplayReport
@@ -168,28 +201,37 @@ class Replayer:
 
 
 async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = None) -> ReplayReport:
-    if not isinstance(cfg.sink, PostgresSinkConfig | MysqlSinkConfig | SqliteSinkConfig):
-        raise OperatorError(
-            f"{cfg.name}: replay writes through a database sink; a {cfg.sink.type} sink's failures "
-            "are listed with `poller failures list` and sent again by the function's owner"
-        )
-    sink = build_sink(cfg, failures_table(cfg))
-    assert isinstance(sink, SqlSink)
+    sink = _open_target(cfg)
     try:
         await sink.open()
     except (TransientError, RecordError) as e:
         await sink.close()
         raise OperatorError(f"{cfg.name}: the sink cannot be opened: {e}") from e
-    failures = failure_store(cfg, Store(sink))
+    replayer: Replayer | None = None
     report = ReplayReport()
     try:
-        items = await failures.items(limit, ids, hold=True)
-        if ids:
-            report.not_found = sorted(set(ids) - {i.id for i in items})
-        replayer = Replayer(cfg, sink, failures)
-        for item in items:
-            await replayer.replay(item, report)
+        store = sink.store if isinstance(sink, EventSink) else cast(SqlSink, sink)
+        failures = failure_store(cfg, Store(store))
+        try:
+            items = await failures.items(limit, ids, hold=True)
+            if ids:
+                report.not_found = sorted(set(ids) - {i.id for i in items})
+            replayer = Replayer(cfg, sink, failures)
+            for item in items:
+                await replayer.replay(item, report)
+        finally:
+            await failures.close()
     finally:
-        await failures.close()
         await sink.close()
     return report
+
+
+def _open_target(cfg: StreamConfig) -> Sink:
+    """The sink the daemon writes through, as the daemon builds it."""
+    s = cfg.sink
+    if isinstance(s, HandlerSinkConfig | LambdaSinkConfig) and s.tumbling_window_seconds:
+        raise OperatorError(
+            f"{cfg.name}: a record replayed alone would not belong to a tumbling window's state; "
+            "list it with `poller failures list` and send it again through the function's owner"
+        )
+    return build_sink(cfg, failures_table(cfg))

@@ -53,3 +53,17 @@ def raises_transient(event: dict[str, Any], context: Any) -> None:
 def reports(event: dict[str, Any], context: Any) -> Any:
     """Answers whatever the test put in the record payloads under `answer`."""
     return _payload(event["Records"][0])["answer"]
+
+
+def poison_until_fixed(event: dict[str, Any], context: Any) -> None:
+    """`poison` until the bug is fixed: once the file named by POISON_FIXED exists,
+    poison records are handled like the others."""
+    import os
+
+    if os.path.exists(os.environ.get("POISON_FIXED", "")):
+        items = [_payload(r) for r in event["Records"]]
+        journal.write({"invocation": [i["id"] for i in items]})
+        for i in items:
+            journal.write({"handled": i["id"]})
+        return
+    poison(event, context)

@@ -470,6 +470,62 @@ def test_replay_from_a_failure_queue_deletes_the_message_after_its_row_commits(
     assert write_counts("postgres", pg_dsn, name) == {"a": 1, "b": 1}
 
 
+def test_replay_through_a_handler_after_fixing_it_delivers_each_failed_record_once(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """A handler sink: failed records are handed to the fixed handler, one event
+    each, and claimed in the same store transaction; replayed again, nothing is
+    delivered twice."""
+    kinesis, stream = new_kinesis(moto, 1)
+    name = "rp_handler"
+    log, fixed = tmp_path / "handled.jsonl", tmp_path / "fixed"
+    env = {"HANDLER_LOG": str(log), "POISON_FIXED": str(fixed)}
+    cfg = kinesis_stream(name, "sqlite", "", stream, moto.url)
+    cfg["sink"] = {
+        "type": "handler",
+        "handler": "tests.handlers.failing:poison_until_fixed",
+        "code_path": str(ROOT),
+        "checkpoint_dsn": str(tmp_path / "checkpoints.sqlite"),
+    }
+    records = [{"id": f"h{i}", "poison": i in (2, 4)} for i in range(6)]
+    put(kinesis, stream, records)
+
+    def handled() -> list[str]:
+        return sorted(e["handled"] for e in journal.read(log) if "handled" in e)
+
+    def listed() -> list[dict[str, Any]]:
+        return list(json.loads(ok("failures", "--config", str(folder), "list", "--stream", name, "--json")))
+
+    def replay() -> dict[str, Any]:
+        done = poller("failures", "--config", str(folder), "replay", "--stream", name, "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    folder = config_dir(cfg)
+    with Daemon([cfg], env=env) as d:
+        d.wait_ready()
+        wait_for(lambda: handled() == ["h0", "h1", "h3", "h5"], 30, message="the good records handled")
+        wait_for(lambda: len(listed()) == 2, 30, message="the poison records failed")
+    assert sorted(json.loads(i["payload"])["id"] for i in listed()) == ["h2", "h4"]
+
+    report = replay()  # not fixed yet: they fail again and stay
+    assert len(report["failed_again"]) == 2 and report["replayed"] == []
+    assert [i["attempts"] for i in listed()] == [2, 2] and handled() == ["h0", "h1", "h3", "h5"]
+
+    fixed.touch()
+    report = replay()
+    assert len(report["replayed"]) == 2 and report["failed_again"] == {}
+    assert handled() == ["h0", "h1", "h2", "h3", "h4", "h5"]
+    assert listed() == []
+    assert [e["invocation"] for e in journal.read(log) if "invocation" in e][-2:] in (
+        [["h2"], ["h4"]],
+        [["h4"], ["h2"]],
+    )  # one record per event
+    again = replay()
+    assert again["replayed"] == [] and again["failed_again"] == {}
+    assert handled() == ["h0", "h1", "h2", "h3", "h4", "h5"]
+
+
 def sqs_to_failure_queue(moto: MotoServer, dsn: str, name: str) -> tuple[dict[str, Any], str, str]:
     """An SQS stream whose records fail (after two receives) into another queue."""
     sqs = client("sqs", moto.url)
