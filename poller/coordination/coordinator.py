@@ -195,7 +195,15 @@ class LeaseCoordinator:
             if won == plan.need:
                 break
             started = self.clock()
-            taken = await self.store.take(self.stream, take.lease, self.owner)
+            try:
+                taken = await self.store.take(self.stream, take.lease, self.owner)
+            except TransientError as e:
+                # This row may be locked by a holder frozen mid-commit (the 1 s lock wait
+                # ran out): the other takes of the round still go ahead.
+                log.warning(
+                    "could not take a lease", stream=self.stream, shard=take.lease.shard_id, error=str(e)
+                )
+                continue
             if taken is None:
                 continue  # another worker wrote it first: the next one makes up for it
             won += 1

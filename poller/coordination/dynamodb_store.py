@@ -216,10 +216,14 @@ class DynamoDBLeaseStore:
     async def save_checkpoints(self, stream: str, checkpoints: list[Checkpoint], fence: Fence) -> None:
         """One conditional update of the shard's lease item: refused (`Fenced`) unless
         `fence.owner` still holds it at or above the counter it took it at."""
-        if not checkpoints:
-            return
         if not fence.current():
             raise Fenced(fence.shard_id, fence.owner, tenure_over=True)
+        if not checkpoints:
+            # Nothing to write, but the transaction's other rows still need the lease.
+            lease = await self.get(stream, fence.shard_id)
+            if lease is None or lease.ended or not fence.holds(lease.owner, lease.counter):
+                raise Fenced(fence.shard_id, lease.owner if lease is not None else None)
+            return
         names: dict[str, str] = {}
         values: dict[str, Any] = {":me": {"S": fence.owner}, ":taken": _n(fence.counter)}
         sets: list[str] = []

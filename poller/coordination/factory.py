@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 
 from poller import dsn as dsn_rules
@@ -11,10 +12,15 @@ from poller.coordination.dynamodb_store import DynamoDBLeaseStore
 from poller.coordination.sql_store import SqlLeaseStore
 from poller.coordination.store import CheckpointStore, LeaseStore
 
+# Drawn once per process: a stream restarted in it keeps its id, and takes back
+# at once the leases its failed run left.
+_PROCESS_TOKEN = secrets.token_hex(3)
+
 
 def worker_id(c: CoordinationConfig) -> str:
-    """The configured id, or hostname-pid: unique among live processes."""
-    return c.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    """The configured id, or hostname-pid-random: unique among live processes even
+    where two containers share a hostname and both run as PID 1 (host networking)."""
+    return c.worker_id or f"{socket.gethostname()}-{os.getpid()}-{_PROCESS_TOKEN}"
 
 
 def build_store(cfg: StreamConfig) -> LeaseStore:

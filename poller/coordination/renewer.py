@@ -4,9 +4,9 @@ the ones it lost.
 
 A renewal that fails its condition reads the lease back: another owner, or
 none, means the lease was taken (or ended) — lost; this worker's own name
-with a counter at or above the one it took the lease at means an earlier
-write of its own whose answer was lost on the way, and the counter is
-adopted. A lease that could not be renewed for `lease_seconds` (the store
+with the counter one renewal on means an earlier renewal of its own whose
+answer was lost on the way, and the counter is adopted (anything else under
+its name is another tenure: lost). A lease that could not be renewed for `lease_seconds` (the store
 unreachable) counts as lost too: by then another worker may have taken it.
 """
 
@@ -73,7 +73,7 @@ class LeaseRenewer:
             current is not None
             and current.owner == self.owner
             and not current.ended
-            and current.counter >= h.fence.counter
+            and current.counter == h.lease.counter + 1  # one renewal of its own, never another's
         ):
             log.info(
                 "lease counter moved by a write of this worker whose answer was lost; adopting it",

@@ -23,14 +23,15 @@ def build_sink(cfg: StreamConfig, failures_table: str | None) -> Sink:
     if isinstance(s, PostgresSinkConfig | MysqlSinkConfig | SqliteSinkConfig):
         shape = TableShape.of(s.columns, s.key, s.on_delete, s.soft_delete_column)
         kw = {"failures_table": failures_table}
+        idle = idle_in_transaction_seconds(cfg)
         if isinstance(s, PostgresSinkConfig):
             from poller.sinks.postgres import PostgresSink
 
-            return PostgresSink(s.dsn, shape, s.table, pool_size=s.pool_size, **kw)
+            return PostgresSink(s.dsn, shape, s.table, pool_size=s.pool_size, idle_in_transaction=idle, **kw)
         if isinstance(s, MysqlSinkConfig):
             from poller.sinks.mysql import MysqlSink
 
-            return MysqlSink(s.dsn, shape, s.table, pool_size=s.pool_size, **kw)
+            return MysqlSink(s.dsn, shape, s.table, pool_size=s.pool_size, idle_in_transaction=idle, **kw)
         from poller.sinks.sqlite import SqliteSink
 
         return SqliteSink(s.dsn, shape, s.table, **kw)
@@ -43,6 +44,17 @@ def build_sink(cfg: StreamConfig, failures_table: str | None) -> Sink:
 
         return LambdaSink(s, cfg.name, failures_table=failures_table, windows=window_options(cfg))
     raise NotImplementedError(f"sink type {s.type!r} is not available in this build")
+
+
+def idle_in_transaction_seconds(cfg: StreamConfig) -> int | None:
+    """With several replicas, how long the database lets a sink session sit idle in
+    an open transaction: a replica frozen mid-commit (SIGSTOP, `docker pause`)
+    holds the row, checkpoint and lease locks its successor's commits wait on, and
+    the kernel keeps its connection alive. Ended by the server after three lease
+    periods (30 s at least) — far beyond any pause between a commit's statements."""
+    if cfg.coordination is None:
+        return None
+    return max(30, int(3 * cfg.coordination.lease_seconds))
 
 
 def checkpoint_store(

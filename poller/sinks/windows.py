@@ -451,6 +451,11 @@ class TumblingWindows:
             for shard in list(self.shards.values()):
                 if self._stopping.is_set():
                     return
+                if shard.fence is not None and not shard.fence.current():
+                    # The lease is no longer this process's: its new holder closes the
+                    # window from the stored state; a final call from here would be a second.
+                    self.shards.pop(shard.shard_id, None)
+                    continue
                 if not shard.lock.locked() and self._due(shard):
                     await self._close_by_timer(shard)
 

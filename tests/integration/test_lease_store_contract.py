@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from poller.config import parse_stream
 from poller.coordination import Lease, LeaseCoordinator, LeaseStore, kept_checkpoints
 from poller.coordination.dynamodb_store import DynamoDBLeaseStore
 from poller.coordination.sql_store import SqlLeaseStore
 from poller.records import Checkpoint, ShardState
 from poller.sink_api import Fence, Fenced, MessageWrite, Tenure, Transaction
 from poller.sinks.base import SqlSink
-from poller.sinks.factory import checkpoint_store
+from poller.sinks.factory import build_sink, checkpoint_store
+from tests.support import db
 from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.integration
@@ -274,3 +276,37 @@ async def test_a_commit_of_a_tenure_that_is_over_is_refused_though_the_lease_nam
         await sink.commit(commit(old, "150"))
     rows = await (kept_checkpoints(b) or sink).load_checkpoints(s)
     assert rows["shard-1"].sequence_number == "200"
+
+
+async def test_a_replica_frozen_mid_commit_is_cut_off_by_the_database(database: tuple[str, str]) -> None:
+    """With `coordination:` a database sink's sessions may not sit idle inside a
+    transaction past three lease periods: the server ends them, and with them the
+    locks a frozen replica would hold over its successor's commits."""
+    kind, dsn = database
+    db.execute(kind, dsn, "DROP TABLE IF EXISTS frozen_t")
+    db.execute(kind, dsn, "CREATE TABLE frozen_t (id VARCHAR(20) PRIMARY KEY)")
+    sink_cfg = {"type": kind, "dsn": dsn, "table": "frozen_t", "key": ["id"], "columns": {"id": "data.id"}}
+    source = {"type": "kinesis", "stream": "s"}
+
+    async def idle_limit(coordination: dict[str, object] | None) -> int:
+        data: dict[str, object] = {"name": "frozen", "source": source, "sink": sink_cfg}
+        if coordination is not None:
+            data["coordination"] = coordination
+        sink = build_sink(parse_stream(data, "frozen.yaml", env={}), None)
+        assert isinstance(sink, SqlSink)
+        await sink.open()
+        try:
+            async with sink.transaction() as conn:
+                if kind == "postgres":
+                    setting = (
+                        "SELECT setting FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+                    )
+                    return int(await conn.fetchval(setting)) // 1000
+                await conn.execute("SELECT @@SESSION.idle_transaction_timeout")
+                return int((await conn.fetchone())[0])
+        finally:
+            await sink.close()
+
+    assert await idle_limit({"lease_seconds": 20}) == 60
+    assert await idle_limit({"lease_seconds": 3}) == 30
+    assert await idle_limit(None) == 0  # one worker: nothing to wait on it

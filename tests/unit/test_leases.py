@@ -41,12 +41,14 @@ def test_without_coordination_one_worker_reads_every_shard() -> None:
     assert parse_stream(stream_file(KINESIS, POSTGRES, None), "orders.yaml").coordination is None
 
 
-def test_coordination_defaults_to_leases_in_the_sinks_database_and_hostname_pid() -> None:
+def test_coordination_defaults_to_leases_in_the_sinks_database_and_hostname_pid_random() -> None:
     cfg = parse_stream(stream_file(KINESIS, POSTGRES, {"worker_id": "${HOSTNAME:-}"}), "o.yaml", env={})
     c = cfg.coordination
     assert c is not None
     assert (c.lease_store, c.lease_seconds, c.worker_id) == ("sink", 10.0, "")
-    assert worker_id(c).rsplit("-", 1)[1].isdigit()  # hostname-pid
+    host_pid, suffix = worker_id(c).rsplit("-", 1)
+    assert host_pid.rsplit("-", 1)[1].isdigit() and len(suffix) == 6  # hostname-pid-random
+    assert worker_id(c) == worker_id(c)  # one process, one id: a restarted stream takes its leases back
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from poller.config import HandlerSinkConfig, RetryConfig, parse_stream
+from poller.coordination import Lease
+from poller.coordination.sql_store import SqlLeaseStore
 from poller.destinations import FileDest
 from poller.esm_import import import_mapping
 from poller.events import lambda_record, window_fields
@@ -36,7 +38,7 @@ from poller.records import (
     ShardState,
     TransientError,
 )
-from poller.sink_api import Transaction
+from poller.sink_api import Fence, Tenure, Transaction
 from poller.sinks.handler import HandlerSink
 from poller.sinks.lambda_sink import MAX_PAYLOAD_BYTES, fitting
 from poller.sinks.windows import (
@@ -296,6 +298,33 @@ async def test_the_timer_closes_a_window_no_later_record_closes(tmp_path: Path, 
     assert [(f["window"]["start"], f["total"]) for f in finals(log)] == [(iso(past), 3)]
     assert journal.read(log)[-1]["state_in"] == {}
     assert window_row(tmp_path) == (past, {"sum": 3, "count": 1}, "3", "3")
+
+
+async def test_a_window_whose_lease_this_process_lost_gets_no_final_call_from_it(
+    tmp_path: Path, log: Path
+) -> None:
+    """Its new holder makes the final call from the stored state; one from here
+    (refused at commit, but user code ran) would be a second."""
+    past = int(time.time()) // W * W - 5 * W
+    sink = make_sink(tmp_path, grace=0.2)
+    await sink.open()
+    leases = SqlLeaseStore("sqlite", str(tmp_path / "cp.sqlite"))
+    await leases.open()
+    try:
+        await leases.create(STREAM, SHARD, ())
+        taken = await leases.take(STREAM, Lease(SHARD), "me")
+        assert taken is not None
+        tenure = Tenure()
+        first = tx([rec(1, past + 1, 1)])
+        first.fence = Fence(SHARD, "me", taken.counter, None, tenure)
+        await sink.commit(first)
+        tenure.end()  # the lease was lost
+        await asyncio.sleep(1.0)  # several ticks past the window's grace
+    finally:
+        await leases.close()
+        await sink.close()
+    assert finals(log) == []
+    assert window_row(tmp_path) == (past, {"sum": 1, "count": 1}, "1", "1")
 
 
 async def test_a_window_found_in_the_store_at_start_is_closed_by_the_timer(tmp_path: Path, log: Path) -> None:
