@@ -145,6 +145,11 @@ class Sink(Protocol):
     async def purge_processed(self, stream: str, older_than_seconds: float) -> int:
         return 0
 
+    async def shard_taken(self, stream: str, shard_id: str, fence: Fence) -> None:
+        """A worker starts reading the shard under a lease this process just took:
+        state the sink keeps per shard (a tumbling window) is this process's now."""
+        return None
+
 
 class FailureDestination(Protocol):
     """Where failed records go (`poller/destinations.py` implements it).

@@ -35,7 +35,7 @@ from poller.events import lambda_event
 from poller.observability.logging import get_logger
 from poller.records import Checkpoint, PartialFailure, Record, RecordError, TransientError
 from poller.rows import RowOp
-from poller.sink_api import CommitResult, Sink, Transaction
+from poller.sink_api import CommitResult, Fence, Sink, Transaction
 from poller.sinks.factory import checkpoint_store
 from poller.sinks.windows import SHAPE, WINDOWS_TABLE, TumblingWindows, WindowOptions, create_table
 
@@ -183,6 +183,10 @@ class EventSink(Sink):
         self._unrecorded.difference_update(_key(r) for r in tx.records)
         result.rows = len(records)
         return result
+
+    async def shard_taken(self, stream: str, shard_id: str, fence: Fence) -> None:
+        if self.windows is not None:
+            await self.windows.adopt(shard_id, fence)
 
     async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:
         return await self.store.load_checkpoints(stream)

@@ -262,6 +262,15 @@ class TumblingWindows:
                 self.shards[shard.shard_id] = shard
         self._timer = asyncio.create_task(self._run_timer(), name=f"windows-{self.stream}")
 
+    async def adopt(self, shard_id: str, fence: Fence) -> None:
+        """The shard's lease is this process's now: its stored window is loaded, so
+        that the timer closes it even if no record comes (after the quiet period a
+        start gives the reader to catch up)."""
+        shard = self.shards.setdefault(shard_id, ShardWindow(shard_id))
+        async with shard.lock:
+            await self._ensure_loaded(shard, fence)
+            shard.activity = time.monotonic() + self.options.startup_quiet
+
     async def close(self) -> None:
         """Stop the timer; a final invocation under way is let finish (the
         supervisor's shutdown deadline bounds it)."""

@@ -91,8 +91,10 @@ def tx(records: list[Record]) -> Transaction:
     )
 
 
-def options(grace: float = 60.0, attempts: int = 3, startup_quiet: float = 60.0) -> WindowOptions:
-    return WindowOptions(W, grace, True, attempts, startup_quiet)
+def options(
+    grace: float = 60.0, attempts: int = 3, startup_quiet: float = 60.0, load_at_open: bool = True
+) -> WindowOptions:
+    return WindowOptions(W, grace, load_at_open, attempts, startup_quiet)
 
 
 def make_sink(tmp_path: Path, handler: str = "lambda_handler", **kw: Any) -> HandlerSink:
@@ -325,6 +327,42 @@ async def test_a_window_whose_lease_this_process_lost_gets_no_final_call_from_it
         await sink.close()
     assert finals(log) == []
     assert window_row(tmp_path) == (past, {"sum": 1, "count": 1}, "1", "1")
+
+
+async def test_a_replica_that_takes_a_quiet_shard_closes_the_window_its_last_holder_left(
+    tmp_path: Path, log: Path
+) -> None:
+    """With leases no window is loaded at start (the shards are not this process's
+    yet); the worker of a shard just taken hands its fence over (`shard_taken`),
+    and the stored window is closed though no record comes."""
+    past = int(time.time()) // W * W - 5 * W
+    first = make_sink(tmp_path, load_at_open=False)
+    await first.open()
+    leases = SqlLeaseStore("sqlite", str(tmp_path / "cp.sqlite"))
+    await leases.open()
+    try:
+        await leases.create(STREAM, SHARD, ())
+        old = await leases.take(STREAM, Lease(SHARD), "old")
+        assert old is not None
+        t = tx([rec(1, past + 1, 1), rec(2, past + 2, 2)])
+        t.fence = Fence(SHARD, "old", old.counter, None, Tenure())
+        await first.commit(t)
+        await first.close()  # a rolling restart: stopped before the window's end
+        new = await leases.take(STREAM, old, "new")
+        assert new is not None
+        second = make_sink(tmp_path, grace=0.1, startup_quiet=0.3, load_at_open=False)
+        await second.open()
+        try:
+            await asyncio.sleep(0.6)
+            assert not finals(log)  # not its shard yet
+            await second.shard_taken(STREAM, SHARD, Fence(SHARD, "new", new.counter, None, Tenure()))
+            await until_final(log)
+        finally:
+            await second.close()
+    finally:
+        await leases.close()
+    assert [(f["shard"], f["arn"], f["total"]) for f in finals(log)] == [(SHARD, ARN, 3)]
+    assert window_row(tmp_path) == (past, None, "2", "2")  # closed under the new lease
 
 
 async def test_a_window_found_in_the_store_at_start_is_closed_by_the_timer(tmp_path: Path, log: Path) -> None:

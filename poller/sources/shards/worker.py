@@ -150,6 +150,7 @@ class ShardWorker:
         """Why the worker stopped: SHARD_END once the shard's tombstone is committed."""
         structlog.contextvars.bind_contextvars(shard=self.shard_id)
         stopping = AnyOf(stop, self._asked)
+        await self._taken()
         for lane in self.lanes:
             lane.start()
         try:
@@ -184,6 +185,17 @@ class ShardWorker:
             # for the life of the process, one set per shard the stream ever had.
             metrics.forget_shard(self.p.name, self.shard_id)
         return reason
+
+    async def _taken(self) -> None:
+        """Under a lease just taken, the sink adopts what it keeps of the shard. If it
+        cannot now (its store down), the shard's first commit does it all the same."""
+        fence = self.progress.fence
+        if fence is None:
+            return
+        try:
+            await self.p.sink.shard_taken(self.p.name, self.shard_id, fence)
+        except Exception as e:
+            log.warning("the sink could not adopt the shard's state yet", error=f"{type(e).__name__}: {e}")
 
     def _stopped(self, reason: StopReason) -> None:
         self._to(WorkerState.STOPPED)
