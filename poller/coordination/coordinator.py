@@ -69,6 +69,10 @@ class LeaseCoordinator:
         self.listed: set[str] | None = None  # the shards of the last listing
         self.running: Callable[[], Collection[str]] = lambda: ()  # shards with a worker here
         self._lost: set[str] = set()
+        # Stopping: the workers are finishing their batches. Renew what is held until it
+        # is released, but take and steal nothing (a steal would stop a victim's worker
+        # for a lease released moments later).
+        self.draining = False
         self._next_expiry: float | None = None  # of a lease this worker would take
         self._poke = asyncio.Event()
         self._held_gauge = metrics.LEASES_HELD.labels(stream)
@@ -111,6 +115,10 @@ class LeaseCoordinator:
         lost = await self.renewer.renew(self.held)
         for shard_id, found in lost.items():
             self._lose(shard_id, found)
+        if self.draining:
+            self._held_gauge.set(len(self.held))
+            self.on_change()
+            return
         leases = await self.store.list_leases(self.stream)
         if await self._create_missing(leases):
             leases = await self.store.list_leases(self.stream)

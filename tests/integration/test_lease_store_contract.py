@@ -310,3 +310,27 @@ async def test_a_replica_frozen_mid_commit_is_cut_off_by_the_database(database: 
     assert await idle_limit({"lease_seconds": 20}) == 60
     assert await idle_limit({"lease_seconds": 3}) == 30
     assert await idle_limit(None) == 0  # one worker: nothing to wait on it
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql", "dynamodb"], indirect=True)
+async def test_a_stopping_worker_renews_what_it_holds_and_takes_nothing_more(
+    stores: tuple[LeaseStore, LeaseStore],
+) -> None:
+    """While its workers finish their batches on SIGTERM: a steal would stop a
+    victim's worker for a lease released moments later."""
+    a, b = stores
+    s = stream()
+    coordinator = LeaseCoordinator(s, a, "leaving", 3.0, rng=random.Random(2))
+    coordinator.want({"x": ()}, {"x"})
+    await coordinator.round()
+    assert coordinator.holding() == {"x"}
+    counter = (await b.get(s, "x")).counter  # type: ignore[union-attr]
+    for shard in ("y", "z"):  # free leases appear while it drains
+        await b.create(s, shard, ())
+    coordinator.want({"x": (), "y": (), "z": ()}, {"x", "y", "z"})
+    coordinator.draining = True
+    await coordinator.round()
+    assert coordinator.holding() == {"x"}
+    leases = {lease.shard_id: lease for lease in await b.list_leases(s)}
+    assert leases["x"].counter == counter + 1  # renewed
+    assert leases["y"].owner is None and leases["z"].owner is None

@@ -200,6 +200,8 @@ class ShardFleet:
             graceful = True
         finally:
             graceful = graceful or stop.is_set() or self.stopped is not None
+            if self.leases is not None:
+                self.leases.draining = True  # keep what it holds until released; take nothing more
             await self._stop_workers(graceful=graceful)
             if coordinating is not None:
                 leases_stop.set()
