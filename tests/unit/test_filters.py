@@ -698,14 +698,21 @@ def test_filters_read_from_a_stream_file_match_as_aws_does(
     assert [matcher.matches(view(p)) for p in case.misses] == [False] * len(case.misses)
 
 
-@pytest.mark.parametrize("index", range(len(DIFFERENCES)), ids=[d.name for d in DIFFERENCES])
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # written in YAML, not JSON
+
+
+PASTED_JSON = [i for i, d in enumerate(DIFFERENCES) if _json_or_none(d.pattern) is not None]
+
+
+@pytest.mark.parametrize("index", PASTED_JSON, ids=[DIFFERENCES[i].name for i in PASTED_JSON])
 def test_a_json_pattern_pasted_into_yaml_is_unchanged(
     loaded: dict[str, list[dict[str, Any]]], index: int
 ) -> None:
-    try:
-        as_json = json.loads(DIFFERENCES[index].pattern)
-    except ValueError:
-        pytest.skip("written in YAML, not JSON")
+    as_json = _json_or_none(DIFFERENCES[index].pattern)
     assert loaded[f"case{index}"] == [as_json]
     assert [type(v) for v in _scalars(loaded[f"case{index}"])] == [type(v) for v in _scalars([as_json])]
 
