@@ -89,7 +89,9 @@ class Preparer:
         a source record that yields nothing still moves the checkpoint."""
         units: list[Unit] = []
         now = self.clock()
-        prepare = self.rows
+        # Bound once: this loop runs per record.
+        map_ops = self.mapper.ops if self.mapper is not None else None
+        coerce = self.sink.coerce
         aging = self.max_age is not None
         expand = self._expand if self.filtering else self.decoder
         for record in records:
@@ -115,7 +117,7 @@ class Preparer:
             for child in children:
                 u = Unit(source=child, records=[child], token=child.position, index=len(units))
                 try:
-                    u.ops = prepare(child)
+                    u.ops = coerce(map_ops(child)) if map_ops is not None else []
                 except Exception as e:
                     u.fail_with(contained(e, "mapping"), attempts=1)
                 units.append(u)

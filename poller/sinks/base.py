@@ -18,8 +18,9 @@ conditional on the same lease.
 from __future__ import annotations
 
 import abc
+import operator
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +68,8 @@ class SqlSink(Sink):
         self.columns = list(shape.columns)
         self.converters: list[Converter] = []
         self._coerce = row_coercer([], [])
+        self._key_of: Callable[[tuple[Any, ...]], tuple[Any, ...]] = tuple
+        self._coerce_key: Callable[[tuple[Any, ...]], tuple[Any, ...]] = tuple
         self._coerce_for: list[Converter] | None = None
         self._coerce_len = -1
 
@@ -75,23 +78,34 @@ class SqlSink(Sink):
     def coerce(self, ops: list[RowOp]) -> list[RowOp]:
         converters = self.converters
         if self._coerce_for is not converters or self._coerce_len != len(converters):
-            # Compiled once the dialect has read the table's column types (in `open`).
-            self._coerce = row_coercer(converters, self.columns)
-            self._coerce_for, self._coerce_len = converters, len(converters)
-        coerce = self._coerce
-        key_index = self.shape.key_index
+            self._compile_coercion(converters)
+        coerce, key_of = self._coerce, self._key_of
         # The map stage's ops are new objects for each record: coerced in place.
-        for op in ops:
-            try:
-                if op.values is None:
-                    op.key = coerce_row(op.key, [converters[i] for i in key_index], self.shape.key)
+        try:
+            for op in ops:
+                values = op.values
+                if values is None:
+                    op.key = self._coerce_key(op.key)
                     continue
-                values = coerce(op.values)
-            except CoercionError as e:
-                raise MappingError(str(e)) from e
-            op.values = values
-            op.key = tuple([values[i] for i in key_index])
+                op.values = values = coerce(values)
+                op.key = key_of(values)
+        except CoercionError as e:
+            raise MappingError(str(e)) from e
         return ops
+
+    def _compile_coercion(self, converters: list[Converter]) -> None:
+        """Once the dialect has read the table's column types (in `open`)."""
+        self._coerce = row_coercer(converters, self.columns)
+        self._coerce_for, self._coerce_len = converters, len(converters)
+        key_index = self.shape.key_index
+        if len(key_index) == 1:
+            (k,) = key_index
+            self._key_of = lambda values: (values[k],)
+        else:
+            self._key_of = operator.itemgetter(*key_index)  # a tuple already
+        key_converters = [converters[i] for i in key_index] if converters else []
+        key_columns = list(self.shape.key)
+        self._coerce_key = lambda key: coerce_row(key, key_converters, key_columns)
 
     # -- the transaction ---------------------------------------------------------------
 
