@@ -165,9 +165,24 @@ class SqsDest(Destination):
             payload_bytes=len(raw),
             payload_sha256=hashlib.sha256(raw).hexdigest(),
             payload_stored_at=str(self.fallback_path),
-            error_message=doc["error_message"][:1000],
         )
-        return ascii_dumps(doc)[: self.max_bytes]
+        # Shorten the free-text fields until the record fits; never cut the JSON itself.
+        for name, keep in (("error_message", 1000), ("error_message", 200), ("partition_key", 64)):
+            if isinstance(doc.get(name), str):
+                doc[name] = doc[name][:keep]
+            body = ascii_dumps(doc)
+            if len(body) <= self.max_bytes:
+                return body
+        # Still too large (a very long fallback path, a queue limit near SQS's 1 KiB floor):
+        # what finds the record in the fallback file, and why it failed.
+        keys = ("stream", "shard_id", "sequence_number", "sub_sequence", "message_id", "reason")
+        minimal = {k: doc[k] for k in keys} | {
+            "payload_truncated": True,
+            "payload_bytes": len(raw),
+            "payload_sha256": doc["payload_sha256"],
+            "payload_stored_at": doc["payload_stored_at"][-200:],
+        }
+        return ascii_dumps(minimal)
 
     async def send(self, failures: list[Failure]) -> None:
         oversized = [f for f in failures if len(ascii_dumps(f.as_dict())) > self.max_bytes]
