@@ -207,6 +207,72 @@ def test_an_sqs_mapping_imported_and_run_filters_and_batches_as_the_mapping_said
     assert all(len(i.event["Records"]) <= 10 for i in fake_lambda.invocations)
 
 
+def test_a_dynamodb_mapping_imported_and_run_filters_on_the_new_image_and_keeps_failures(
+    moto: MotoServer, fake_lambda: FakeLambda, tmp_path: Path
+) -> None:
+    """dynamodb.json: only INSERT and MODIFY of items whose NewImage has status
+    "active" reach the function; MaximumRetryAttempts 0 tries a failing record
+    once, alone after bisection; its SNS destination has no counterpart, so the
+    record is kept in the checkpoint store's poller_failures, as the import said."""
+    tag = uuid.uuid4().hex[:6]
+    region = "us-east-1"
+    table, function = f"BarkTable-{tag}", f"publishNewBark-{tag}"
+    ddb = aws("dynamodb", moto, region)
+    arn = ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]["LatestStreamArn"]
+    esm = json.loads((ESM / "dynamodb.json").read_text())
+    esm["EventSourceArn"] = arn
+    esm["FunctionArn"] = esm["FunctionArn"].replace("function:publishNewBark", f"function:{function}")
+
+    delivered: list[tuple[str, str]] = []
+
+    def consumer(event: dict[str, Any], context: Any) -> None:
+        for r in event["Records"]:
+            if "poison" in r["dynamodb"]["NewImage"]:
+                raise RuntimeError("poison")
+        delivered.extend((r["eventName"], r["dynamodb"]["Keys"]["id"]["S"]) for r in event["Records"])
+
+    fake_lambda.add(function, consumer)
+    text = import_esm(esm, tmp_path)
+
+    def item(key: str, status: str, **more: dict[str, str]) -> dict[str, Any]:
+        return {"id": {"S": key}, "status": {"S": status}, **more}
+
+    ddb.put_item(TableName=table, Item=item("a", "active"))  # INSERT, active
+    ddb.put_item(TableName=table, Item=item("b", "retired"))  # INSERT, filtered out
+    ddb.put_item(TableName=table, Item=item("a", "active", note={"S": "edited"}))  # MODIFY, active
+    ddb.put_item(TableName=table, Item=item("p", "active", poison={"BOOL": True}))  # fails
+    ddb.delete_item(TableName=table, Key={"id": {"S": "a"}})  # REMOVE, filtered out
+    ddb.put_item(TableName=table, Item=item("c", "active"))
+
+    env = {"AWS_ENDPOINT_URL": moto.url, "AWS_ENDPOINT_URL_LAMBDA": fake_lambda.url}
+    store = tmp_path / "checkpoints.sqlite"
+    name = f"{table}-{function}"
+    with daemon_for(text, tmp_path, env) as d:
+        d.wait_ready()
+        wait_for(
+            lambda: delivered == [("INSERT", "a"), ("MODIFY", "a"), ("INSERT", "c")],
+            40,
+            message=f"the matching changes delivered in order (so far {delivered})",
+        )
+        wait_for(
+            lambda: metric(d, "poller_records_total", stream=name, outcome="filtered") == 2,
+            10,
+            message="the retired item and the removal filtered out",
+        )
+        assert d.stop() == 0, d.tail()
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT stream, reason, attempts, payload FROM poller_failures").fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [(name, "function_error", 1)]
+    kept = json.loads(rows[0][3])
+    assert kept["eventName"] == "INSERT" and kept["dynamodb"]["Keys"] == {"id": {"S": "p"}}
+
+
 def test_a_handler_on_kinesis_needs_no_on_failure_and_keeps_failures_in_its_checkpoint_store(
     moto: MotoServer, tmp_path: Path
 ) -> None:
