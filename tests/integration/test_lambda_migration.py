@@ -23,7 +23,10 @@ from typing import Any
 import boto3
 import pytest
 
+from poller.config import load_path
+from poller.operator.iam import actions, iam_action, policy
 from tests.handlers import journal
+from tests.support.aws_call_log import calls, recording
 from tests.support.daemon import Daemon, metric, wait_for
 from tests.support.fake_lambda import FakeLambda
 from tests.support.servers import MotoServer
@@ -336,3 +339,52 @@ def _checkpoint(store: Path) -> str | None:
     except sqlite3.Error:
         return None
     return row[0] if row else None
+
+
+def test_iam_policy_holds_the_snapshot_scan_and_the_function_invoke_the_daemon_made(
+    moto: MotoServer, fake_lambda: FakeLambda, tmp_path: Path
+) -> None:
+    """A DynamoDB table snapshotted, then its stream, into a lambda function, with
+    every AWS call logged at the daemon's own clients: `poller iam-policy` for
+    that stream file names each action seen (Scan and InvokeFunction included)."""
+    tag = uuid.uuid4().hex[:6]
+    table, function = f"iam-snap-{tag}", f"iam-fn-{tag}"
+    ddb = aws("dynamodb", moto, "us-east-1")
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    ddb.put_item(TableName=table, Item={"id": {"S": "before"}})
+    seen: list[str] = []
+    fake_lambda.add(function, lambda event, context: seen.extend(r["eventName"] for r in event["Records"]))
+    cfg = {
+        "name": f"iam_snapshot_{tag}",
+        "source": {
+            "type": "dynamodb",
+            "table": table,
+            "region": "us-east-1",
+            "snapshot": {"mode": "initial", "segments": 1},
+        },
+        "sink": {
+            "type": "lambda",
+            "function": f"arn:aws:lambda:us-east-1:123456789012:function:{function}",
+            "region": "us-east-1",
+            "checkpoint_dsn": str(tmp_path / "checkpoints.sqlite"),
+        },
+    }
+    log = tmp_path / "calls.log"
+    env = {"AWS_ENDPOINT_URL": moto.url, "AWS_ENDPOINT_URL_LAMBDA": fake_lambda.url, **recording(log)}
+    with Daemon([cfg], env=env) as d:
+        d.wait_ready()
+        wait_for(lambda: "INSERT" in seen, 30, message="the snapshot's item delivered")
+        ddb.put_item(TableName=table, Item={"id": {"S": "after"}})
+        wait_for(lambda: seen.count("INSERT") == 2, 30, message="the stream's item delivered")
+        assert d.stop() == 0, d.tail()
+    observed = {iam_action(service, operation) for service, operation in calls(log)}
+    assert {"dynamodb:Scan", "lambda:InvokeFunction", "dynamodb:GetRecords"} <= observed
+    (loaded,) = load_path(d.dir, env={})
+    missing = observed - actions(policy([loaded]))
+    assert not missing, f"the policy lacks {sorted(missing)}"
