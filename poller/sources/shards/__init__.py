@@ -10,6 +10,7 @@ concept:
   contiguous committed prefix (`PrefixTracker`) and what a restart drops
   (`ResumeFloor`).
 - `lineage`: which shards may be read now (children after every parent).
+- `resume`: where each shard starts, from the checkpoint rows as loaded.
 - `publisher`: the reader of one shard (`RecordsPublisher`; `PollingPublisher`
   is GetRecords with pacing, idle backoff, iterator expiry and throttling).
 - `checkpointer`: a shard's progress and the per-lane checkpointer the failure
@@ -21,7 +22,7 @@ concept:
   what each worker's stop reason means for the stream.
 - `retrying`: calls retried until they succeed or the stream stops.
 
-Pure parts (`positions`, `lineage`) do no I/O.
+Pure parts (`positions`, `lineage`, `resume`) do no I/O.
 """
 
 from poller.sources.shards.api import (

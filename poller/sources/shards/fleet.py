@@ -4,11 +4,7 @@ may be read.
 - Lists the shards every `shard_discovery_seconds` and whenever a worker
   stops, and starts one `ShardWorker` per shard whose parents have all
   finished (`Lineage`), so per-key order holds across splits and merges.
-- Where a shard starts: its checkpoint (AT_SEQUENCE_NUMBER, then what was
-  committed is dropped); the configured position only for a stream with no
-  state at all, stored first as the `#start` row when it is LATEST or
-  AT_TIMESTAMP; after that a shard with no checkpoint starts at the stored
-  moment, or at TRIM_HORIZON. Children always start at TRIM_HORIZON.
+- Where each shard starts is `resume.ResumePoints`' answer.
 - Acts on each worker's stop reason: SHARD_END updates the lineage (children
   may start; the tombstone goes once every child has a checkpoint), TRIMMED
   stops the whole stream (`run` returns it), REQUESTED needs nothing. A worker
@@ -35,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 from poller.config import StreamConfig
 from poller.coordination import (
@@ -52,10 +47,8 @@ from poller.processing.pipeline import Preparer
 from poller.records import Checkpoint, Position, TransientError
 from poller.sink_api import FailureDestination, Fence, Sink, Transaction
 from poller.sources.shards.api import (
-    AT_SEQUENCE_NUMBER,
     AT_TIMESTAMP,
     LATEST,
-    TRIM_HORIZON,
     ShardApi,
     ShardInfo,
     StartAt,
@@ -65,14 +58,13 @@ from poller.sources.shards.lanes import StreamParts
 from poller.sources.shards.lineage import Lineage
 from poller.sources.shards.options import ShardOptions
 from poller.sources.shards.positions import (
-    START_ID,
     ResumeFloor,
     lane_checkpoint_id,
-    parse_lane_id,
     parse_start_row,
     start_row,
 )
 from poller.sources.shards.publisher import PollingPublisher, RecordsPublisher
+from poller.sources.shards.resume import ResumePoints
 from poller.sources.shards.retrying import retrying
 from poller.sources.shards.worker import ShardWorker
 
@@ -118,11 +110,7 @@ class ShardFleet:
         self.lineage = Lineage()
         self.workers: dict[str, ShardWorker] = {}
         self.tasks: dict[str, asyncio.Task[StopReason]] = {}
-        self.rows: dict[str, Checkpoint] = {}  # shard rows as loaded
-        self.lane_rows: dict[str, dict[str, Checkpoint]] = {}  # shard → lane rows as loaded
-        self.fresh = False
-        self.initial: set[str] | None = None  # shards listed first, when the stream had no state
-        self.since: datetime | None = None  # the stored LATEST / AT_TIMESTAMP start
+        self.resume = ResumePoints()  # where each shard starts, from the checkpoints as loaded
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.stopped: StopReason | None = None  # set when a worker's stop stops the stream
@@ -175,7 +163,7 @@ class ShardFleet:
             return StopReason.REQUESTED
         self._load(loaded)
         self._loaded_at = time.monotonic()
-        if self.fresh and not await self._keep_start(stop):
+        if self.resume.fresh and not await self._keep_start(stop):
             return StopReason.REQUESTED
         leases_stop = asyncio.Event()
         coordinating = None
@@ -224,31 +212,23 @@ class ShardFleet:
         return True
 
     def _load(self, loaded: dict[str, Checkpoint]) -> None:
-        # Other `#` rows are the stream's own (a DynamoDB snapshot's): not shards.
-        loaded = {k: v for k, v in loaded.items() if not k.startswith("#") or k == START_ID}
-        marker = loaded.pop(START_ID, None)
+        shards, marker = self.resume.load(loaded)
         if marker is not None:
-            self.since = parse_start_row(marker)
-            if self.since is None:
+            self.resume.since = parse_start_row(marker)
+            if self.resume.since is None:
                 log.error(
                     "stored start position unreadable; shards with no checkpoint start at TRIM_HORIZON",
                     stream=self.name,
                     value=marker.sequence_number,
                 )
-        self.fresh = not loaded and marker is None
-        self.lineage = Lineage(loaded.values())
-        for checkpoint_id, c in loaded.items():
-            lane = parse_lane_id(checkpoint_id)
-            if lane is None:
-                self.rows[checkpoint_id] = c
-            else:
-                self.lane_rows.setdefault(lane[0], {})[checkpoint_id] = c
+        self.resume.fresh = not shards and marker is None
+        self.lineage = Lineage(shards.values())
         log.info(
             "checkpoints loaded",
             stream=self.name,
-            shards=len(self.rows),
+            shards=len(self.resume.rows),
             ended=len(self.lineage.ended),
-            lane_rows=sum(len(v) for v in self.lane_rows.values()),
+            lane_rows=sum(len(v) for v in self.resume.lane_rows.values()),
         )
 
     async def _keep_start(self, stop: asyncio.Event) -> bool:
@@ -263,19 +243,19 @@ class ShardFleet:
             kept = await retrying(stop, self.name, "storing the start position", lambda: leases.keep_row(row))
             if kept is None:
                 return False
-            self.since = parse_start_row(kept) or since
+            self.resume.since = parse_start_row(kept) or since
             return True
         tx = Transaction(stream=self.name, checkpoints=[row])
         stored = await retrying(stop, self.name, "storing the start position", lambda: self.sink.commit(tx))
         if stored is None:
             return False
-        self.since = since
+        self.resume.since = since
         return True
 
     def _discovered(self, shards: list[ShardInfo]) -> None:
         self.lineage.update(shards)
-        if self.initial is None:
-            self.initial = {s.shard_id for s in shards} if self.fresh else set()
+        if self.resume.initial is None:
+            self.resume.initial = {s.shard_id for s in shards} if self.resume.fresh else set()
             self.on_source_ready()
         for shard in shards:
             if shard.shard_id not in self.workers and self.lineage.ready(shard.shard_id):
@@ -290,8 +270,9 @@ class ShardFleet:
         leases = self.leases
         assert leases is not None
         self.lineage.update(self.shards)
-        if self.initial is None:
-            self.initial = set()  # with leases, a shard without a checkpoint starts at the stored start
+        if self.resume.initial is None:
+            # With leases a shard with no checkpoint starts at the stored start.
+            self.resume.initial = set()
             self.on_source_ready()
         for shard_id in leases.take_lost():
             worker = self.workers.get(shard_id)
@@ -325,23 +306,15 @@ class ShardFleet:
         if loaded is None:
             return False
         self._loaded_at = time.monotonic()
-        loaded = {k: v for k, v in loaded.items() if not k.startswith("#") or k == START_ID}
-        marker = loaded.pop(START_ID, None)
-        if marker is not None and self.since is None:
-            self.since = parse_start_row(marker)
-        seen = Lineage(loaded.values())
+        shards, marker = self.resume.load(loaded)
+        if marker is not None and self.resume.since is None:
+            self.resume.since = parse_start_row(marker)
+        seen = Lineage(shards.values())
         if seen.ended - self.lineage.ended:
             self._relist = True  # a shard another worker read to its end: its children may be new here
         self.lineage.ended |= seen.ended
         self.lineage.tombstones |= seen.tombstones
         self.lineage.checkpointed |= seen.checkpointed
-        self.rows, self.lane_rows = {}, {}
-        for checkpoint_id, c in loaded.items():
-            lane = parse_lane_id(checkpoint_id)
-            if lane is None:
-                self.rows[checkpoint_id] = c
-            else:
-                self.lane_rows.setdefault(lane[0], {})[checkpoint_id] = c
         return True
 
     # -- workers -------------------------------------------------------------------
@@ -357,8 +330,8 @@ class ShardFleet:
             parents=list(shard.parent_ids),
         )
         reopen = None
-        if start.kind == LATEST and self.since is not None:
-            reopen = StartAt(AT_TIMESTAMP, timestamp=self.since)
+        if start.kind == LATEST and self.resume.since is not None:
+            reopen = StartAt(AT_TIMESTAMP, timestamp=self.resume.since)
         worker = ShardWorker(self.parts, shard, start, checkpoint, floor, reopen, fence)
         task = asyncio.create_task(worker.run(self._stop), name=f"{self.name}-{shard.shard_id}")
         task.add_done_callback(lambda _: self._worker_done())
@@ -366,26 +339,7 @@ class ShardFleet:
         self.tasks[shard.shard_id] = task
 
     def _start_of(self, shard: ShardInfo) -> tuple[StartAt, Position | None, ResumeFloor | None]:
-        """Resume at the checkpoint; the configured position only for a stream
-        with no state at all; after that, a shard with no checkpoint starts at the
-        stored LATEST / AT_TIMESTAMP moment, or at TRIM_HORIZON."""
-        row = self.rows.get(shard.shard_id)
-        position = row.position if row is not None else None
-        lanes = [
-            (lane[1], lane[2], c.position)
-            for cid, c in self.lane_rows.get(shard.shard_id, {}).items()
-            if (lane := parse_lane_id(cid)) is not None and c.position is not None
-        ]
-        floor = ResumeFloor.build(position, lanes)
-        if position is not None:
-            return StartAt(AT_SEQUENCE_NUMBER, position.sequence_number), position, floor
-        if self.initial and shard.shard_id in self.initial:
-            return self.opts.initial_start(), None, floor
-        if self.since is not None and (not self.fresh or self.leases is not None):
-            # After a restart: a shard that was quiet is not replayed from its oldest
-            # record, and a child, newer than the start, is read whole all the same.
-            return StartAt(AT_TIMESTAMP, timestamp=self.since), None, floor
-        return StartAt(TRIM_HORIZON), None, floor
+        return self.resume.start_of(shard, self.opts, leased=self.leases is not None)
 
     # -- callbacks from the workers ------------------------------------------------
 
@@ -407,7 +361,7 @@ class ShardFleet:
 
     async def _drop_tombstones(self) -> None:
         for shard_id in self.lineage.expired_tombstones():
-            ids = [shard_id, *self.lane_rows.get(shard_id, {})]
+            ids = [shard_id, *self.resume.lane_rows.get(shard_id, {})]
             if self.opts.parallelization > 1:
                 ids += [
                     lane_checkpoint_id(shard_id, i, self.opts.parallelization)
@@ -421,7 +375,7 @@ class ShardFleet:
                 )
                 return
             self.lineage.tombstones.discard(shard_id)
-            self.lane_rows.pop(shard_id, None)
+            self.resume.lane_rows.pop(shard_id, None)
             log.info(
                 "SHARD_END checkpoint deleted: children are processing", stream=self.name, shard=shard_id
             )
