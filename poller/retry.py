@@ -3,9 +3,13 @@
 Every retry loop (the failure policy, shard readers and their bookkeeping
 calls, SQS receives, describes and deletes, opening a sink, restarting a
 stream) backs off the same way: capped exponential with full jitter, so
-replicas and shards that fail together do not retry together, and a wait
-ends early when the stream is asked to stop, so shutdown never waits out a
-backoff.
+replicas and shards that fail together do not retry together. The waits of
+loops that read or set up (`sleep_unless`, `retry_until_stopped`) end early
+when the stream is asked to stop, so shutdown never waits out a backoff. Two
+deliberately do not: the failure policy, which goes on trying to commit the
+batch in hand until the shutdown deadline cancels it (a graceful stop commits
+what was read when it can), and a shard reader's GetRecords retry, which the
+worker cancels when it stops.
 """
 
 from __future__ import annotations
