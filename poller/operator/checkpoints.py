@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from poller.config import ShardSourceCommon, SqsSource, StreamConfig
+from poller.config import DynamoDBSource, ShardSourceCommon, SqsSource, StreamConfig
 from poller.coordination.lease import Lease
 from poller.operator import leases
 from poller.operator.errors import OperatorError
@@ -48,6 +48,7 @@ from poller.operator.stores import CheckpointRow, open_store
 from poller.records import Checkpoint, ShardState
 from poller.sources.shards.api import AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, ShardApi, ShardInfo, StartAt
 from poller.sources.shards.positions import START_ID, parse_lane_id, start_row
+from poller.sources.snapshot.rows import SNAPSHOT_ID
 
 TRIM_HORIZON_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
 BEFORE_RECORD = -1  # sub-sequence of a checkpoint just before a record
@@ -198,6 +199,16 @@ async def rewind(
             changes = [Change("(every shard)", f"{len(rows)} row(s)", f"start at {since.isoformat()}")] + (
                 [Change(START_ID, _describe(was.checkpoint), _describe(new[0]))] if was else []
             )
+            if isinstance(cfg.source, DynamoDBSource) and cfg.source.snapshot.mode != "none":
+                # The snapshot brings the table up to date: the stream resumes where it began.
+                changes.append(
+                    Change(
+                        SNAPSHOT_ID,
+                        "present" if SNAPSHOT_ID in rows else "(no row)",
+                        "a new snapshot at the next start; the stream then resumes where it begins, "
+                        "not at the moment above",
+                    )
+                )
         else:
             async with shard_api(cfg) as api:
                 listed = {s.shard_id: s for s in await api.list_shards()}

@@ -600,6 +600,42 @@ def dynamodb_stream(name: str, table: str, moto: MotoServer, dsn: str) -> dict[s
     }
 
 
+def test_a_whole_stream_rewind_of_a_snapshotted_table_takes_a_new_snapshot(
+    moto: MotoServer, pg_dsn: str
+) -> None:
+    """`snapshot: initial`: the rewind says a new snapshot comes, and the next start
+    scans the table again (every item written once more) before the stream."""
+    ddb = client("dynamodb", moto.url)
+    table = new_dynamodb_table(ddb)
+    for i in range(3):
+        ddb.put_item(TableName=table, Item={"id": {"S": f"s{i}"}, "n": {"N": str(i)}})
+    name = "ops_snap"
+    make_table("postgres", pg_dsn, name)
+    cfg = dynamodb_stream(name, table, moto, pg_dsn)
+    cfg["source"]["snapshot"] = {"mode": "initial", "segments": 1}
+    with Daemon([cfg]) as d:
+        d.wait_ready()
+        wait_for(
+            lambda: write_counts("postgres", pg_dsn, name) == {f"s{i}": 1 for i in range(3)},
+            30,
+            message="scan",
+        )
+    folder = config_dir(cfg)
+    said = ok("checkpoints", "--config", str(folder), "rewind", "--stream", name, "--trim-horizon")
+    assert "#snapshot" in said and "new snapshot" in said, said
+    with Daemon([cfg]) as d:
+        d.wait_ready()
+        wait_for(
+            lambda: write_counts("postgres", pg_dsn, name) == {f"s{i}": 2 for i in range(3)},
+            30,
+            message="the table scanned again",
+        )
+        ddb.put_item(TableName=table, Item={"id": {"S": "later"}, "n": {"N": "9"}})
+        wait_for(
+            lambda: write_counts("postgres", pg_dsn, name).get("later") == 1, 30, message="then the stream"
+        )
+
+
 # --------------------------------------------------------------------------- leases
 
 
