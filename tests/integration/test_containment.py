@@ -43,6 +43,7 @@ from tests.support import db
 from tests.support.aws import client, queue_depth, send_all
 from tests.support.bad_values import BAD_RECORDS, BadRecord, failure_payload_bytes, json_object
 from tests.support.daemon import Daemon, metric, wait_for, with_overrides
+from tests.support.payloads import kpl_aggregate
 from tests.support.servers import MotoServer
 from tests.support.tables import create_logged_table
 
@@ -396,3 +397,57 @@ def test_a_failure_record_larger_than_the_failure_queue_takes(
     assert len(whole) == 1, f"the fallback file holds {len(whole)} copies of the truncated record"
     assert failure_payload_bytes(whole[0]["payload"], whole[0]["payload_encoding"]) == large
     assert not by_payload[hashlib.sha256(nul).hexdigest()].get("payload_truncated")
+
+
+def test_records_past_the_decoder_limits_fail_alone_through_poller_run(
+    moto: MotoServer, database: tuple[str, str], tmp_path: Path
+) -> None:
+    """`decode: [kpl, json]` with `limits:`: a KPL aggregate of more user records
+    than `max_records_per_payload`, and JSON nested deeper than `max_json_depth`,
+    each become one failure row carrying the payload as sent; every record around
+    them lands, and the shard's checkpoint reaches the last record."""
+    kind, dsn = database
+    table = f"contain_lim_{kind}"
+    make_table(kind, dsn, table)
+    kinesis = client("kinesis", moto.url)
+    name = f"{table}-{uuid.uuid4().hex[:6]}"
+    create_stream(kinesis, name, 1)
+    source = {"type": "kinesis", "stream": name, "endpoint_url": moto.url, "region": "us-east-1"}
+    cfg = stream_cfg(
+        table,
+        kind,
+        dsn,
+        source,
+        tmp_path / "fallback.jsonl",
+        decode=["kpl", "json"],
+        limits={"max_records_per_payload": 50, "max_json_depth": 20},
+    )
+    (first,) = kpl_aggregate([("k", good(i)) for i in range(1, 11)])
+    (too_many,) = kpl_aggregate([("k", good(i)) for i in range(1000, 1120)])
+    too_deep = b'{"id": 2000, "n": ' + b"[" * 30 + b"]" * 30 + b"}"
+    (last,) = kpl_aggregate([("k", good(i)) for i in range(12, 17)])
+    payloads = [first, too_many, good(11), too_deep, last]
+    sequences = [
+        kinesis.put_record(StreamName=name, Data=p, PartitionKey="k")["SequenceNumber"] for p in payloads
+    ]
+
+    def checkpoint() -> str | None:
+        return db.scalar(
+            kind,
+            dsn,
+            "SELECT sequence_number FROM poller_checkpoints WHERE stream = %s AND shard_id = %s",
+            (table, "shardId-000000000000"),
+        )
+
+    with Daemon([cfg]) as d:
+        d.wait_ready()
+        wait_for(lambda: checkpoint() == sequences[-1], 60, message="checkpoint at the last record")
+        failed = metric(d, "poller_records_total", stream=table, outcome="failed")
+    ids = sorted(r[0] for r in db.fetch(kind, dsn, f"SELECT id FROM {table}"))
+    assert ids == list(range(1, 17))
+    stored = sorted(
+        (reason, failure_payload_bytes(payload, encoding))
+        for reason, _, _, payload, encoding, _ in failure_rows(kind, dsn, table)
+    )
+    assert stored == sorted([("decode_error", too_many), ("decode_error", too_deep)])
+    assert failed == 2
