@@ -40,6 +40,7 @@ from tests.support import db
 from tests.support.aws import client
 from tests.support.daemon import Daemon, metric, wait_for
 from tests.support.servers import Kinesalite, MotoServer
+from tests.support.tables import create_logged_table
 
 pytestmark = pytest.mark.integration
 
@@ -548,3 +549,87 @@ def test_sqlite_refuses_a_second_worker_naming_the_first(moto: MotoServer, tmp_p
         assert refusal and "'first'" in refusal[0], second.tail()
         assert first.metric(f'poller_leases_held{{stream="{name}"}}') == 2
         assert first.stop() == 0
+
+
+# --------------------------------------------------------------------------- DynamoDB Streams
+
+
+def test_two_replicas_share_a_dynamodb_stream_and_one_takes_over_after_sigkill(
+    moto: MotoServer, pg_dsn: str
+) -> None:
+    """A DynamoDB stream (moto: one shard) read by two replicas with leases in
+    PostgreSQL: one holds the shard; SIGKILLed, the other takes it within the
+    lease and goes on from the checkpoint; every change written exactly once."""
+    ddb = client("dynamodb", moto.url)
+    table = f"rep-ddb-{uuid.uuid4().hex[:6]}"
+    ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    name = "rep_ddb"
+    create_logged_table(
+        PG, pg_dsn, name, columns="id text PRIMARY KEY, n int", log_columns="id text", logged=["id"]
+    )
+    for state in ("poller_leases", "poller_checkpoints"):
+        try:
+            db.execute(PG, pg_dsn, f"DELETE FROM {state} WHERE stream = '{name}'")
+        except Exception:
+            pass  # no sink has created it yet
+
+    def cfg(worker: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "source": {
+                "type": "dynamodb",
+                "table": table,
+                "endpoint_url": moto.url,
+                "region": "us-east-1",
+                "idle_poll_seconds": 0.2,
+            },
+            "batch": {"size": 100, "window_seconds": 0.05},
+            "coordination": {"lease_seconds": LEASE, "worker_id": worker},
+            "sink": {
+                "type": PG,
+                "dsn": pg_dsn,
+                "table": name,
+                "key": ["id"],
+                "columns": {"id": "keys.id", "n": "new.n"},
+            },
+        }
+
+    def put(first: int, last: int) -> None:
+        for i in range(first, last):
+            ddb.put_item(TableName=table, Item={"id": {"S": f"i{i}"}, "n": {"N": str(i)}})
+
+    def writes() -> dict[str, int]:
+        return {
+            r[0]: int(r[1])
+            for r in db.fetch(PG, pg_dsn, f"SELECT id, count(*) FROM {name}_writes GROUP BY id")
+        }
+
+    def owners() -> list[str | None]:
+        rows = db.fetch(
+            PG, pg_dsn, "SELECT owner FROM poller_leases WHERE stream = %s AND state = 'open'", (name,)
+        )
+        return [r[0] for r in rows]
+
+    daemons = {w: Daemon([cfg(w)], shutdown_timeout=15).start() for w in ("d1", "d2")}
+    try:
+        put(0, 10)
+        wait_for(lambda: len(writes()) == 10, 30, message="the first items")
+        holders = set(owners())
+        assert len(holders) == 1 and holders <= {"d1", "d2"}, holders
+        (holder,) = holders
+        other = "d2" if holder == "d1" else "d1"
+        daemons[holder].kill()
+        put(10, 20)
+        wait_for(lambda: set(owners()) == {other}, LEASE + RENEW + 10, message="the shard taken over")
+        wait_for(lambda: len(writes()) == 20, 30, message="the items after the kill")
+        assert daemons[other].stop() == 0, daemons[other].tail()
+    finally:
+        for d in daemons.values():
+            d.stop()
+    assert writes() == {f"i{i}": 1 for i in range(20)}
