@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -451,3 +452,39 @@ def test_records_past_the_decoder_limits_fail_alone_through_poller_run(
     )
     assert stored == sorted([("decode_error", too_many), ("decode_error", too_deep)])
     assert failed == 2
+
+
+def test_an_index_row_too_large_fails_alone_through_poller_run(
+    moto: MotoServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """SQLSTATE 54000 (a value too large for a btree index: no retry can fix it) is
+    the record's failure, not a wait: the rows around it land."""
+    table = "contain_idx"
+    make_table("postgres", pg_dsn, table)
+    db.execute("postgres", pg_dsn, f"CREATE INDEX {table}_name ON {table} (name)")
+    kinesis = client("kinesis", moto.url)
+    name = f"{table}-{uuid.uuid4().hex[:6]}"
+    create_stream(kinesis, name, 1)
+    source = {"type": "kinesis", "stream": name, "endpoint_url": moto.url, "region": "us-east-1"}
+    cfg = stream_cfg(table, "postgres", pg_dsn, source, tmp_path / "fallback.jsonl")
+    huge = json.dumps({"id": 500, "n": 1, "name": os.urandom(8000).hex()}).encode()  # incompressible
+    last = put_all(kinesis, name, [good(1), good(2), huge, good(3)])
+    with Daemon([cfg]) as d:
+        d.wait_ready()
+        wait_for(
+            lambda: (
+                db.scalar(
+                    "postgres",
+                    pg_dsn,
+                    "SELECT sequence_number FROM poller_checkpoints WHERE stream = %s AND shard_id = %s",
+                    (table, "shardId-000000000000"),
+                )
+                == last
+            ),
+            60,
+            message="checkpoint at the last record",
+        )
+    assert sorted(r[0] for r in db.fetch("postgres", pg_dsn, f"SELECT id FROM {table}")) == [1, 2, 3]
+    ((reason, error_class, message, payload, encoding, _),) = failure_rows("postgres", pg_dsn, table)
+    assert failure_payload_bytes(payload, encoding) == huge
+    assert "index row" in message, (reason, error_class, message)
