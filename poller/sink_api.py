@@ -90,7 +90,7 @@ class Fence:
         return self.current() and owner == self.owner and counter >= self.counter
 
     def current(self) -> bool:
-        """The tenure it was taken under is not over (checked before any store is)."""
+        """The tenure it was taken under is not over (this process has not let the lease go)."""
         return self.tenure is None or not self.tenure.over
 
 
