@@ -37,7 +37,7 @@ from tests.integration.test_kinesis import (
     wait_active,
 )
 from tests.support import db
-from tests.support.aws import client
+from tests.support.aws import client, streamed_table
 from tests.support.daemon import Daemon, metric, wait_for
 from tests.support.servers import Kinesalite, MotoServer
 from tests.support.tables import create_logged_table
@@ -562,13 +562,7 @@ def test_two_replicas_share_a_dynamodb_stream_and_one_takes_over_after_sigkill(
     lease and goes on from the checkpoint; every change written exactly once."""
     ddb = client("dynamodb", moto.url)
     table = f"rep-ddb-{uuid.uuid4().hex[:6]}"
-    ddb.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
+    streamed_table(ddb, table)
     name = "rep_ddb"
     create_logged_table(
         PG, pg_dsn, name, columns="id text PRIMARY KEY, n int", log_columns="id text", logged=["id"]

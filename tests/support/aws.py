@@ -35,3 +35,15 @@ def send_all(sqs: Any, url: str, bodies: list[str], group_of: Any = None) -> Non
             entries.append(e)
         resp = sqs.send_message_batch(QueueUrl=url, Entries=entries)
         assert not resp.get("Failed"), resp["Failed"]
+
+
+def streamed_table(ddb: Any, table: str, key: str = "id", key_type: str = "S") -> str:
+    """A table keyed on `key` with a NEW_AND_OLD_IMAGES stream; returns the stream's ARN."""
+    created = ddb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": key, "AttributeType": key_type}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    return str(created["TableDescription"]["LatestStreamArn"])
