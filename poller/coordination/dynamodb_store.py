@@ -119,13 +119,7 @@ class DynamoDBLeaseStore:
         }
         if parents:
             item["parentShardIds"] = {"L": [{"S": p} for p in parents]}
-        await self._conditional(
-            "PutItem",
-            self._client.put_item,
-            TableName=self.table,
-            Item=item,
-            ConditionExpression="attribute_not_exists(leaseKey)",
-        )
+        await self._put_if_absent(item)
 
     async def take(self, stream: str, lease: Lease, owner: str) -> Lease | None:
         won = await self._update(
@@ -163,14 +157,7 @@ class DynamoDBLeaseStore:
         )
 
     async def keep_row(self, row: Checkpoint) -> Checkpoint:
-        item = {**_key(row.stream, row.shard_id), **_checkpoint_attributes(row)}
-        await self._conditional(
-            "PutItem",
-            self._client.put_item,
-            TableName=self.table,
-            Item=item,
-            ConditionExpression="attribute_not_exists(leaseKey)",
-        )
+        await self._put_if_absent({**_key(row.stream, row.shard_id), **_checkpoint_attributes(row)})
         stored = await self._get(row.stream, row.shard_id)
         rows = _checkpoints(row.stream, stored) if stored is not None else {}
         if row.shard_id not in rows:
@@ -298,27 +285,43 @@ class DynamoDBLeaseStore:
         item: dict[str, Any] | None = resp.get("Item")
         return item
 
+    async def _put_if_absent(self, item: dict[str, Any]) -> None:
+        """Written once: a second writer's put is refused, and leaves the first one's."""
+        await self._conditional(
+            "PutItem",
+            self._client.put_item,
+            TableName=self.table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(leaseKey)",
+        )
+
     async def _items(self, stream: str) -> list[dict[str, Any]]:
         if self._client is None:
             raise TransientError("lease store (dynamodb) is not open")
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "#s = :s",
-            "ExpressionAttributeNames": {"#s": "stream"},
-            "ExpressionAttributeValues": {":s": {"S": stream}},
-            "ConsistentRead": True,
-        }
-        while True:
-            try:
-                resp = await self._client.query(**kwargs)
-            except Exception as e:
-                raise _transient("Query", e) from e
-            items.extend(resp.get("Items", []))
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                return items
-            kwargs["ExclusiveStartKey"] = last
+        try:
+            return await stream_items(self._client, self.table, stream)
+        except Exception as e:
+            raise _transient("Query", e) from e
+
+
+async def stream_items(client: Any, table: str, stream: str) -> list[dict[str, Any]]:
+    """Every item of `stream` in the lease table: a consistent Query, page by page.
+    Errors are the client's own: each caller says what they mean to it."""
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "#s = :s",
+        "ExpressionAttributeNames": {"#s": "stream"},
+        "ExpressionAttributeValues": {":s": {"S": stream}},
+        "ConsistentRead": True,
+    }
+    items: list[dict[str, Any]] = []
+    while True:
+        resp = await client.query(**kwargs)
+        items.extend(resp.get("Items", []))
+        last = resp.get("LastEvaluatedKey")
+        if not last:
+            return items
+        kwargs["ExclusiveStartKey"] = last
 
 
 def _transient(operation: str, e: BaseException) -> Exception:

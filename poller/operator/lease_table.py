@@ -31,6 +31,7 @@ from poller.coordination.dynamodb_store import (
     checkpoints_of_item,
     item_key,
     lease_of_item,
+    stream_items,
 )
 from poller.coordination.lease import Lease
 from poller.operator.errors import OperatorError
@@ -63,25 +64,12 @@ class LeaseTable:
         return True
 
     async def items(self, stream: str) -> list[dict[str, Any]]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "#s = :s",
-            "ExpressionAttributeNames": {"#s": "stream"},
-            "ExpressionAttributeValues": {":s": {"S": stream}},
-            "ConsistentRead": True,
-        }
-        items: list[dict[str, Any]] = []
-        while True:
-            try:
-                resp = await self.client.query(**kwargs)
-            except Exception as e:
-                if error_code(e) == "ResourceNotFoundException":
-                    return []  # no replica has created it yet: nothing stored
-                raise OperatorError(f"lease table {self.table}: Query: {classify_aws(e)}") from e
-            items.extend(resp.get("Items", []))
-            if not resp.get("LastEvaluatedKey"):
-                return items
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        try:
+            return await stream_items(self.client, self.table, stream)
+        except Exception as e:
+            if error_code(e) == "ResourceNotFoundException":
+                return []  # no replica has created it yet: nothing stored
+            raise OperatorError(f"lease table {self.table}: Query: {classify_aws(e)}") from e
 
     async def leases(self, stream: str) -> list[Lease]:
         return [lease_of_item(i) for i in await self.items(stream) if "leaseCounter" in i]

@@ -35,7 +35,7 @@ from poller.config import (
 )
 from poller.operator.errors import OperatorError
 from poller.operator.failure_stores import ConcurrentReplay, FailureItem, FailureStore, failure_store
-from poller.operator.stores import Store, failures_table
+from poller.operator.stores import Store, failures_table, opened
 from poller.processing.failures import Unit
 from poller.processing.mapping import last_op_per_key
 from poller.processing.pipeline import Preparer
@@ -114,8 +114,7 @@ class Replayer:
         self.sink = sink
         self.failures = failures
         self.preparer = Preparer(cfg, sink)
-        # Where the claim is made: the sink's own database, or user code's bookkeeping store.
-        self.store: SqlSink = sink.store if isinstance(sink, EventSink) else cast(SqlSink, sink)
+        self.store = claims_store(sink)
 
     async def replay(self, item: FailureItem, report: ReplayReport) -> None:
         units = _chosen(self.preparer.stream_units([rebuild(self.cfg, item)]), item)
@@ -201,17 +200,9 @@ class Replayer:
 
 
 async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = None) -> ReplayReport:
-    sink = _open_target(cfg)
-    try:
-        await sink.open()
-    except (TransientError, RecordError) as e:
-        await sink.close()
-        raise OperatorError(f"{cfg.name}: the sink cannot be opened: {e}") from e
-    replayer: Replayer | None = None
     report = ReplayReport()
-    try:
-        store = sink.store if isinstance(sink, EventSink) else cast(SqlSink, sink)
-        failures = failure_store(cfg, Store(store))
+    async with opened(cfg.name, _open_target(cfg), "the sink") as sink:
+        failures = failure_store(cfg, Store(claims_store(sink)))
         try:
             items = await failures.items(limit, ids, hold=True)
             if ids:
@@ -221,9 +212,12 @@ async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = N
                 await replayer.replay(item, report)
         finally:
             await failures.close()
-    finally:
-        await sink.close()
     return report
+
+
+def claims_store(sink: Sink) -> SqlSink:
+    """Where a failure is claimed: the sink's own database, or user code's bookkeeping store."""
+    return sink.store if isinstance(sink, EventSink) else cast(SqlSink, sink)
 
 
 def _open_target(cfg: StreamConfig) -> Sink:

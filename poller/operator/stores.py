@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from poller.config import (
     HandlerSinkConfig,
@@ -29,9 +29,12 @@ from poller.config import (
 from poller.coordination.lease import Lease
 from poller.operator.errors import OperatorError
 from poller.records import Checkpoint, RecordError, TransientError
+from poller.sink_api import Sink
 from poller.sinks import ddl
 from poller.sinks.base import SqlSink, checkpoints_from_rows
 from poller.sinks.factory import checkpoint_store, failures_table_of
+
+S = TypeVar("S", bound=Sink)
 
 
 def failures_table(cfg: StreamConfig) -> str | None:
@@ -172,14 +175,20 @@ def as_utc(value: Any) -> datetime | None:
 
 
 @asynccontextmanager
-async def open_store(cfg: StreamConfig) -> AsyncIterator[Store]:
-    sink = bookkeeping_sink(cfg)
+async def opened(stream: str, sink: S, what: str) -> AsyncIterator[S]:
+    """`sink` open for a command, closed after; one that cannot be opened is the command's error."""
     try:
         await sink.open()
     except (TransientError, RecordError) as e:
         await sink.close()
-        raise OperatorError(f"{cfg.name}: the checkpoint store cannot be opened: {e}") from e
+        raise OperatorError(f"{stream}: {what} cannot be opened: {e}") from e
     try:
-        yield Store(sink)
+        yield sink
     finally:
         await sink.close()
+
+
+@asynccontextmanager
+async def open_store(cfg: StreamConfig) -> AsyncIterator[Store]:
+    async with opened(cfg.name, bookkeeping_sink(cfg), "the checkpoint store") as sink:
+        yield Store(sink)

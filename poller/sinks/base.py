@@ -59,7 +59,11 @@ class SqlSink(Sink):
         failures_table: str | None = "poller_failures",
         checkpoints_table: str = "poller_checkpoints",
         processed_table: str = "poller_processed",
+        idle_in_transaction: int | None = None,
     ):
+        # Seconds the server lets a session idle inside a transaction before ending it, or
+        # None for its default (`factory.idle_in_transaction_seconds` says why and when).
+        self.idle_in_transaction = idle_in_transaction
         self.shape = shape
         self.table = table
         self.failures_table = failures_table

@@ -181,24 +181,13 @@ def parse_dsn(dsn: str) -> dict[str, Any]:
 class MysqlSink(SqlSink):
     kind = "mysql"
 
-    def __init__(
-        self,
-        dsn: str,
-        shape: RowShape,
-        table: str,
-        pool_size: int = 2,
-        idle_in_transaction: int | None = None,
-        **kw: Any,
-    ):
+    def __init__(self, dsn: str, shape: RowShape, table: str, pool_size: int = 2, **kw: Any):
         super().__init__(shape, table, **kw)
-        # See `factory.idle_in_transaction_seconds`. MariaDB (10.3+) has the setting and
-        # runs what is in `/*M!100300 ... */`; MySQL 8 has none and reads a comment there:
-        # its sessions of a frozen replica last until `wait_timeout`.
-        self._idle = (
-            f" /*M!100300 , idle_transaction_timeout = {idle_in_transaction} */"
-            if idle_in_transaction
-            else ""
-        )
+        # MariaDB (10.3+) has the setting and runs what is in `/*M!100300 ... */`; MySQL 8
+        # has none and reads a comment there: its sessions of a frozen replica last until
+        # `wait_timeout`.
+        idle = self.idle_in_transaction
+        self._idle = f" /*M!100300 , idle_transaction_timeout = {idle} */" if idle else ""
         self.connect_args = parse_dsn(dsn)
         self.pool_size = pool_size
         self.pool: aiomysql.Pool | None = None

@@ -85,22 +85,10 @@ def qc(name: str) -> str:
 class PostgresSink(SqlSink):
     kind = "postgres"
 
-    def __init__(
-        self,
-        dsn: str,
-        shape: RowShape,
-        table: str,
-        pool_size: int = 2,
-        idle_in_transaction: int | None = None,
-        **kw: Any,
-    ):
+    def __init__(self, dsn: str, shape: RowShape, table: str, pool_size: int = 2, **kw: Any):
         super().__init__(shape, table, **kw)
-        # Server-side: see `factory.idle_in_transaction_seconds`.
-        self._settings = (
-            {"idle_in_transaction_session_timeout": str(idle_in_transaction * 1000)}
-            if idle_in_transaction
-            else {}
-        )
+        idle = self.idle_in_transaction
+        self._settings = {"idle_in_transaction_session_timeout": str(idle * 1000)} if idle else {}
         # asyncpg parses a DSN with urllib, which splits a password at `#`, `/` or `?` and
         # echoes the pieces in its errors: it gets the DSN without one, and the password apart.
         parsed = dsn_rules.parse(dsn)

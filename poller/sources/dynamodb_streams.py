@@ -56,7 +56,6 @@ from poller.sources.shards import (
     ReadResult,
     ShardFleet,
     ShardInfo,
-    ShardOptions,
     ShardStopped,
     StopReason,
     Throttled,
@@ -462,16 +461,7 @@ class DynamoDBStreamsConsumer(SourceConsumer):
         )
 
     def _fleet(self, api: DynamoDBShardApi) -> ShardFleet:
-        return ShardFleet(
-            api,
-            ShardOptions.from_config(self.cfg, min_read_interval=MIN_READ_INTERVAL),
-            self.cfg,
-            self.sink,
-            self.destination,
-            self.preparer,
-            self.on_source_ready,
-            self.on_health,
-        )
+        return ShardFleet.of(self, api, MIN_READ_INTERVAL)
 
     async def _scan(
         self, stop: asyncio.Event, snapshot: TableSnapshot, policy: str, *, resync: bool = False

@@ -41,7 +41,6 @@ from poller.sources.shards import (
     ReadResult,
     ShardFleet,
     ShardInfo,
-    ShardOptions,
     ShardStopped,
     StopReason,
     Throttled,
@@ -286,16 +285,7 @@ class KinesisConsumer(SourceConsumer):
             retention = api.retention_hours * 3600 if api.retention_hours else None
             if await settle_vanished(stop, self.cfg.name, self.sink, api, policy, retention) != "continue":
                 return  # stopped, or `on_retention_gap: stop`
-            fleet = ShardFleet(
-                api,
-                ShardOptions.from_config(self.cfg, min_read_interval=MIN_READ_INTERVAL),
-                self.cfg,
-                self.sink,
-                self.destination,
-                self.preparer,
-                self.on_source_ready,
-                self.on_health,
-            )
+            fleet = ShardFleet.of(self, api, MIN_READ_INTERVAL)
             if await fleet.run(stop) is StopReason.TRIMMED:
                 log.error(
                     "stream stopped after a retention gap (on_retention_gap: stop)", stream=self.cfg.name

@@ -46,6 +46,7 @@ from poller.observability.logging import get_logger
 from poller.processing.pipeline import Preparer
 from poller.records import Checkpoint, Position, TransientError
 from poller.sink_api import FailureDestination, Fence, Sink, Transaction
+from poller.sources.base import SourceConsumer
 from poller.sources.shards.api import (
     AT_TIMESTAMP,
     LATEST,
@@ -122,6 +123,20 @@ class ShardFleet:
         self.leases: LeaseCoordinator | None = None
         self.checkpoints: Sink | CheckpointStore = sink
         self._loaded_at = 0.0
+
+    @classmethod
+    def of(cls, source: SourceConsumer, api: ShardApi, min_read_interval: float) -> ShardFleet:
+        """The fleet of a Kinesis or DynamoDB source, with what the runner handed it."""
+        return cls(
+            api,
+            ShardOptions.from_config(source.cfg, min_read_interval=min_read_interval),
+            source.cfg,
+            source.sink,
+            source.destination,
+            source.preparer,
+            source.on_source_ready,
+            source.on_health,
+        )
 
     def _polling(self, shard: ShardInfo) -> RecordsPublisher:
         return PollingPublisher(self.api, self.name, shard.shard_id, self.opts)
