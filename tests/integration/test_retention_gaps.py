@@ -135,7 +135,10 @@ def test_ddb_trimmed_checkpoint_snapshot_resyncs_the_table(fake: FakeDynamoDBStr
     were trimmed reach the target; the stream then goes on from the new position."""
     name, m, shard = trimmed_while_stopped(fake, pg_dsn, "gap_ddb_snapshot")
     m.remove(shard, 3)
-    cfg = fake_cfg(name, pg_dsn, fake, source={"on_retention_gap": "snapshot", "latest_margin_seconds": 1})
+    # The removal was made before the daemon started: the stream position the re-sync
+    # records (now - margin) must be older than it, however long a loaded machine takes
+    # to start the daemon (a 1 s margin lost the removal once in CI).
+    cfg = fake_cfg(name, pg_dsn, fake, source={"on_retention_gap": "snapshot", "latest_margin_seconds": 30})
     with Daemon([cfg]) as d:
         until_equal(PG, pg_dsn, name, m.expected(), 60)
         assert gaps(d, name, shard) == 1
