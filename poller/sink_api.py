@@ -11,7 +11,8 @@ failure rows and the checkpoints — all or nothing.
 With several replicas a shard's transaction carries the `Fence` of its lease:
 the sink verifies it inside that same transaction (or, when the lease store
 keeps the checkpoints, hands them to it there), so a commit made after the
-lease passed to another worker rolls back whole and raises `Fenced`.
+lease passed to another worker rolls back whole and raises `Fenced`
+(`poller.fencing`, re-exported here).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from poller.fencing import CheckpointKeeper, Fence, Fenced, Tenure
 from poller.records import Checkpoint, Failure, Record
 from poller.rows import RowOp
 
@@ -29,69 +31,6 @@ class MessageWrite:
 
     message_id: str
     ops: list[RowOp]
-
-
-class Fenced(Exception):
-    """The commit's lease is no longer this worker's: the transaction rolled back.
-
-    Neither transient (retrying cannot help) nor a record error (no record is
-    at fault): the worker that made the commit stops with reason LEASE_LOST."""
-
-    def __init__(self, shard_id: str, holder: str | None, *, tenure_over: bool = False):
-        if tenure_over:
-            text = f"this worker's hold of the lease of shard {shard_id} is over (lost, released or ended)"
-        else:
-            holder_text = f"held by {holder}" if holder else "not held by anyone"
-            text = f"the lease of shard {shard_id} is {holder_text} now"
-        super().__init__(f"{text}: commit refused")
-        self.shard_id = shard_id
-        self.holder = holder
-
-
-class CheckpointKeeper(Protocol):
-    """A lease store that keeps the checkpoints itself (DynamoDB, as the Kinesis
-    Client Library does): the sink hands them over inside its transaction."""
-
-    async def save_checkpoints(self, stream: str, checkpoints: list[Checkpoint], fence: Fence) -> None:
-        """Write them only while `fence` holds (a write conditional on the lease);
-        raise `Fenced` when it no longer does, `TransientError` when unreachable."""
-
-
-class Tenure:
-    """One holding of a lease by this process, from its take until it is lost,
-    released or ended. The lease row alone cannot tell two tenures of one owner
-    apart (a lease lost, then taken back, names the same owner with a higher
-    counter), so a commit is refused once its tenure is over, whatever the row says."""
-
-    __slots__ = ("over",)
-
-    def __init__(self) -> None:
-        self.over = False
-
-    def end(self) -> None:
-        self.over = True
-
-
-@dataclass(frozen=True, slots=True)
-class Fence:
-    """The lease a shard's commit is made under: its holder (`owner`), the lease
-    counter at which that holder took it, and that holding (`tenure`). It holds
-    while the tenure lasts and the lease row still names `owner` with a counter at
-    or above `counter` (every lease write moves the counter on, and a take also
-    changes the owner)."""
-
-    shard_id: str
-    owner: str
-    counter: int
-    keeper: CheckpointKeeper | None = None  # set when the lease store keeps the checkpoints
-    tenure: Tenure | None = None
-
-    def holds(self, owner: str | None, counter: int) -> bool:
-        return self.current() and owner == self.owner and counter >= self.counter
-
-    def current(self) -> bool:
-        """The tenure it was taken under is not over (this process has not let the lease go)."""
-        return self.tenure is None or not self.tenure.over
 
 
 @dataclass(slots=True)
@@ -169,3 +108,16 @@ class FailureDestination(Protocol):
     async def send(self, failures: list[Failure]) -> None: ...
 
     async def store_fallback(self, failures: list[Failure], why: str) -> None: ...
+
+
+__all__ = [
+    "CheckpointKeeper",
+    "CommitResult",
+    "FailureDestination",
+    "Fence",
+    "Fenced",
+    "MessageWrite",
+    "Sink",
+    "Tenure",
+    "Transaction",
+]

@@ -3,7 +3,7 @@
 As the Kinesis Client Library balances: the fair share (target) is the leases
 of the stream over the workers that hold any (this one included), rounded up.
 A worker below it takes available leases first (free, expired, or its own
-from a previous life), up to the target, in random order so that workers
+from an earlier life of its stream in this process), up to the target, in random order so that workers
 starting together do not all reach for the same ones (and one that loses a
 race for a lease tries the next in the same round). Only when none is
 available does it steal, and at most one lease per round: from the most

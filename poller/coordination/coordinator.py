@@ -9,9 +9,16 @@ it holds (`holding`, `fence`), stops the workers of leases lost
 Invariants:
 - every lease write is conditional on the counter (see `store`); expiry is
   judged on this process's monotonic clock alone;
+- a lease is held by a tenure, not a name: each take writes a fresh tenure
+  token (`poller.fencing`), and every fencing check and holder's write
+  compares it, so a second process sharing this `worker_id` never passes the
+  fence; seeing this id on a live lease under another process's token is a
+  duplicate-id alarm (error log naming both processes, a metric), and no
+  lease is taken while it lasts;
 - a shard is never taken while this process still runs a worker for it
-  (`running`): two tenures of one worker never overlap, so a commit's fence
-  (owner, and the counter its tenure began at) is enough;
+  (`running`): two tenures of one process never overlap;
+- a worker starts only from checkpoints loaded after its lease was taken
+  (`loaded_for`), so it resumes from what its previous holder committed;
 - a stolen shard becomes readable one renew period after the steal, by when
   its previous holder's renewal has failed and it has stopped reading: at
   most one reader per shard at a time (DynamoDB Streams allows two in all);
@@ -32,10 +39,10 @@ from poller.coordination.lease import HeldLease, Lease
 from poller.coordination.renewer import NOT_RENEWED, LeaseRenewer
 from poller.coordination.store import LeaseStore
 from poller.coordination.taker import LeaseTaker
+from poller.fencing import CheckpointKeeper, Fence, Tenure, holder_of, process_prefix
 from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Checkpoint, TransientError
-from poller.sink_api import CheckpointKeeper, Fence, Tenure
 
 log = get_logger()
 
@@ -77,6 +84,9 @@ class LeaseCoordinator:
         self._poke = asyncio.Event()
         self._held_gauge = metrics.LEASES_HELD.labels(stream)
         self._held_gauge.set(0)
+        self._duplicate_gauge = metrics.DUPLICATE_WORKER_ID.labels(stream)
+        self._duplicate_gauge.set(0)
+        self._duplicate_logged_at: float | None = None  # the alarm's last error line
 
     def _event(self, event: str) -> None:
         metrics.LEASE_EVENTS.labels(self.stream, event).inc()
@@ -127,7 +137,8 @@ class LeaseCoordinator:
         if self.store.one_worker:
             self._refuse_a_second_worker(leases, now)
         await self._drop_gone(leases, now)
-        await self._take(leases, now)
+        if not self._duplicates(leases, now):
+            await self._take(leases, now)
         running = set(self.running())
         self._next_expiry = self.taker.next_expiry(
             (lease for lease in leases if lease.shard_id in self.wanted and lease.shard_id not in running),
@@ -158,6 +169,30 @@ class LeaseCoordinator:
         else:
             holder = found.owner if isinstance(found, Lease) else None
             log.warning("lease lost", stream=self.stream, shard=shard_id, to=holder)
+
+    def _duplicates(self, leases: list[Lease], now: float) -> bool:
+        """Another live process holds leases under this worker id: raise the alarm,
+        and take nothing until they expire. Its commits and this process's never
+        both pass a fence (tokens differ), but balancing by name would be wrong."""
+        others = [lease for lease in leases if self.taker.duplicate(lease, now)]
+        self._duplicate_gauge.set(1 if others else 0)
+        if not others:
+            self._duplicate_logged_at = None
+            return False
+        if self._duplicate_logged_at is None or now - self._duplicate_logged_at >= 60:
+            self._duplicate_logged_at = now
+            self._event("duplicate_id")
+            log.error(
+                "duplicate worker_id: another live process holds leases under this worker's id; "
+                "taking no lease until they expire. Give each process its own worker_id "
+                "(or leave it unset: hostname-pid-random)",
+                stream=self.stream,
+                worker=self.owner,
+                this_process=holder_of(process_prefix()),
+                other_process=sorted({holder_of(lease.token) for lease in others}),
+                shards=sorted(lease.shard_id for lease in others),
+            )
+        return True
 
     async def _create_missing(self, leases: list[Lease]) -> bool:
         known = {lease.shard_id for lease in leases}
@@ -203,8 +238,9 @@ class LeaseCoordinator:
             if won == plan.need:
                 break
             started = self.clock()
+            tenure = Tenure()
             try:
-                taken = await self.store.take(self.stream, take.lease, self.owner)
+                taken = await self.store.take(self.stream, take.lease, self.owner, tenure.token)
             except TransientError as e:
                 # This row may be locked by a holder frozen mid-commit (the 1 s lock wait
                 # ran out): the other takes of the round still go ahead.
@@ -218,8 +254,9 @@ class LeaseCoordinator:
             stolen = take.how == "stolen"
             self.held[taken.shard_id] = HeldLease(
                 taken,
-                Fence(taken.shard_id, self.owner, taken.counter, self.keeper, Tenure()),
+                Fence(taken.shard_id, self.owner, taken.counter, self.keeper, tenure),
                 renewed_at=started,
+                taken_at=started,
                 readable_at=started + self.renew_every if stolen else 0.0,
             )
             self._event("stolen" if stolen else "taken")
@@ -272,6 +309,20 @@ class LeaseCoordinator:
     def fence(self, shard_id: str) -> Fence | None:
         h = self.held.get(shard_id)
         return h.fence if h is not None else None
+
+    def loaded_for(self, shard_id: str, load_began: float) -> bool:
+        """Checkpoints whose load began at `load_began` (this coordinator's clock) were
+        read after the shard's lease was taken: what its last holder committed is in
+        them, so its worker may start from them."""
+        h = self.held.get(shard_id)
+        return h is not None and load_began >= h.taken_at
+
+    def abandon(self) -> None:
+        """The stream stops without releasing (an error): end every tenure, so nothing
+        still running here commits under them; the leases expire for others."""
+        for shard_id in list(self.held):
+            self._forget(shard_id)
+        self._held_gauge.set(0)
 
     def take_lost(self) -> set[str]:
         """Leases lost since the last call: their workers must stop."""
@@ -328,6 +379,7 @@ class LeaseCoordinator:
             if (
                 current is None
                 or current.owner != self.owner
+                or current.token != h.lease.token
                 or current.ended
                 or current.counter < h.fence.counter
             ):

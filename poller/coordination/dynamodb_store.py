@@ -3,7 +3,8 @@ Library's layout, for sinks whose rows are user code's business (`handler`,
 `lambda`) and set-ups without a shared database.
 
 One item per (stream, shard): hash key `stream`, range key `leaseKey` (the
-shard id), `leaseOwner` (absent while free), `leaseCounter`, `leaseState`
+shard id), `leaseOwner` and `leaseToken` (the holding tenure's token; both
+absent while free), `leaseCounter`, `leaseState`
 (`open` | `ended`), `parentShardIds`, and the shard's checkpoint
 (`checkpoint`, `checkpointSubSequenceNumber`, `checkpointState`; a lane's
 row as `checkpoint#lane-i-of-N`). Rows that are not shards (the stored start
@@ -11,21 +12,23 @@ row as `checkpoint#lane-i-of-N`). Rows that are not shards (the stored start
 
 The table is created (on demand) if missing. Every write is a conditional
 update on `leaseCounter` — checkpoints too: a checkpoint is written only
-while `leaseOwner` is the writer and `leaseCounter` is at or above the one it
-took the lease at, else the commit raises `Fenced`.
+while `leaseToken` is the writer's tenure's and `leaseCounter` is at or above
+the one it took the lease at, else the commit raises `Fenced`. A holder's
+writes are conditional on the token as well, never on `leaseOwner` alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code
 from poller.coordination.lease import Lease
+from poller.fencing import Fence, Fenced
 from poller.observability.logging import get_logger
 from poller.records import Checkpoint, ShardState, TransientError
-from poller.sink_api import Fence, Fenced
 
 log = get_logger()
 
@@ -121,28 +124,35 @@ class DynamoDBLeaseStore:
             item["parentShardIds"] = {"L": [{"S": p} for p in parents]}
         await self._put_if_absent(item)
 
-    async def take(self, stream: str, lease: Lease, owner: str) -> Lease | None:
+    async def take(self, stream: str, lease: Lease, owner: str, token: str) -> Lease | None:
         won = await self._update(
             stream,
             lease.shard_id,
-            "SET leaseOwner = :me, leaseCounter = leaseCounter + :one",
+            "SET leaseOwner = :me, leaseToken = :token, leaseCounter = leaseCounter + :one",
             "leaseCounter = :seen AND leaseState = :open",
-            {":me": {"S": owner}, ":seen": _n(lease.counter), ":open": {"S": "open"}},
+            {
+                ":me": {"S": owner},
+                ":token": {"S": token},
+                ":seen": _n(lease.counter),
+                ":open": {"S": "open"},
+            },
         )
-        return Lease(lease.shard_id, owner, lease.counter + 1, lease.parents) if won else None
+        return Lease(lease.shard_id, owner, lease.counter + 1, lease.parents, token=token) if won else None
 
     async def renew(self, stream: str, lease: Lease) -> Lease | None:
         won = await self._held(stream, lease, "SET leaseCounter = leaseCounter + :one")
-        return Lease(lease.shard_id, lease.owner, lease.counter + 1, lease.parents) if won else None
+        return replace(lease, counter=lease.counter + 1) if won else None
 
     async def release(self, stream: str, lease: Lease) -> bool:
-        return await self._held(stream, lease, "SET leaseCounter = leaseCounter + :one REMOVE leaseOwner")
+        return await self._held(
+            stream, lease, "SET leaseCounter = leaseCounter + :one REMOVE leaseOwner, leaseToken"
+        )
 
     async def end(self, stream: str, lease: Lease) -> bool:
         return await self._held(
             stream,
             lease,
-            "SET leaseCounter = leaseCounter + :one, leaseState = :ended REMOVE leaseOwner",
+            "SET leaseCounter = leaseCounter + :one, leaseState = :ended REMOVE leaseOwner, leaseToken",
             {":ended": {"S": "ended"}},
         )
 
@@ -202,17 +212,22 @@ class DynamoDBLeaseStore:
 
     async def save_checkpoints(self, stream: str, checkpoints: list[Checkpoint], fence: Fence) -> None:
         """One conditional update of the shard's lease item: refused (`Fenced`) unless
-        `fence.owner` still holds it at or above the counter it took it at."""
+        the item still carries this fence's tenure token, at or above the counter it
+        took the lease at."""
         if not fence.current():
             raise Fenced(fence.shard_id, fence.owner, tenure_over=True)
         if not checkpoints:
             # Nothing to write, but the transaction's other rows still need the lease.
             lease = await self.get(stream, fence.shard_id)
-            if lease is None or lease.ended or not fence.holds(lease.owner, lease.counter):
+            if lease is None or lease.ended or not fence.holds(lease.owner, lease.counter, lease.token):
                 raise Fenced(fence.shard_id, lease.owner if lease is not None else None)
             return
         names: dict[str, str] = {}
-        values: dict[str, Any] = {":me": {"S": fence.owner}, ":taken": _n(fence.counter)}
+        values: dict[str, Any] = {
+            ":me": {"S": fence.owner},
+            ":token": {"S": fence.token or ""},
+            ":taken": _n(fence.counter),
+        }
         sets: list[str] = []
         for i, c in enumerate(checkpoints):
             if not c.shard_id.startswith(fence.shard_id):
@@ -230,7 +245,7 @@ class DynamoDBLeaseStore:
             TableName=self.table,
             Key=_key(stream, fence.shard_id),
             UpdateExpression="SET " + ", ".join(sets),
-            ConditionExpression="leaseOwner = :me AND leaseCounter >= :taken",
+            ConditionExpression="leaseOwner = :me AND leaseToken = :token AND leaseCounter >= :taken",
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
         )
@@ -243,9 +258,14 @@ class DynamoDBLeaseStore:
     async def _held(
         self, stream: str, lease: Lease, update: str, extra: dict[str, Any] | None = None
     ) -> bool:
-        """A holder's write: conditional on its owner and counter."""
-        values = {":me": {"S": lease.owner or ""}, ":seen": _n(lease.counter), **(extra or {})}
-        condition = "leaseOwner = :me AND leaseCounter = :seen"
+        """A holder's write: conditional on its owner, tenure token and counter."""
+        values = {
+            ":me": {"S": lease.owner or ""},
+            ":token": {"S": lease.token or ""},
+            ":seen": _n(lease.counter),
+            **(extra or {}),
+        }
+        condition = "leaseOwner = :me AND leaseToken = :token AND leaseCounter = :seen"
         return await self._update(stream, lease.shard_id, update, condition, values)
 
     async def _update(
@@ -348,6 +368,7 @@ def _lease(item: dict[str, Any]) -> Lease:
         int(item["leaseCounter"]["N"]),
         tuple(p["S"] for p in item.get("parentShardIds", {}).get("L", [])),
         item.get("leaseState", {}).get("S") == "ended",
+        item["leaseToken"]["S"] if "leaseToken" in item else None,
     )
 
 

@@ -2,12 +2,13 @@
 (a write conditional on owner and counter, moving the counter on) and reports
 the ones it lost.
 
-A renewal that fails its condition reads the lease back: another owner, or
-none, means the lease was taken (or ended) — lost; this worker's own name
-with the counter one renewal on means an earlier renewal of its own whose
-answer was lost on the way, and the counter is adopted (anything else under
-its name is another tenure: lost). A lease that could not be renewed for `lease_seconds` (the store
-unreachable) counts as lost too: by then another worker may have taken it.
+A renewal that fails its condition reads the lease back: another owner or
+token, or none, means the lease was taken (or ended) — lost; this tenure's
+own token with the counter one renewal on means an earlier renewal of its own
+whose answer was lost on the way, and the counter is adopted (anything else,
+under its name or not, is another tenure: lost). A lease that could not be
+renewed for `lease_seconds` (the store unreachable) counts as lost too: by
+then another worker may have taken it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class LeaseRenewer:
         if (
             current is not None
             and current.owner == self.owner
+            and current.token == h.lease.token  # this tenure's: never a namesake's
             and not current.ended
             and current.counter == h.lease.counter + 1  # one renewal of its own, never another's
         ):

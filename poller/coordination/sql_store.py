@@ -8,13 +8,15 @@ a commit checks its lease with a shared lock as its last statement, and a
 take that meets that lock gives up for this round rather than stall renewals.
 
 Invariants: every write moves `lease_counter` on and is conditional on it (and
-a holder's write also on `owner`); `state = 'ended'` is never taken again; no
-statement compares timestamps (`updated_at` is for people).
+a holder's write also on `owner` and `lease_token`, its tenure's);
+`state = 'ended'` is never taken again; no statement compares timestamps
+(`updated_at` is for people).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,13 +40,14 @@ _AGE = {
     "mysql": "TIMESTAMPDIFF(MICROSECOND, updated_at, CURRENT_TIMESTAMP(6)) / 1000000",
     "sqlite": "(julianday('now') - julianday(updated_at)) * 86400.0",
 }
-_COLUMNS = "shard_id, owner, lease_counter, parent_shard_ids, state"
+_COLUMNS = "shard_id, owner, lease_counter, parent_shard_ids, state, lease_token"
+_WIDTH = 6  # the columns of `_COLUMNS`
 
 
 def _lease(row: Any) -> Lease:
-    shard_id, owner, counter, parents, state = row
+    shard_id, owner, counter, parents, state, token = row
     parent_ids = tuple(p for p in (parents or "").split(",") if p)
-    return Lease(shard_id, owner, int(counter), parent_ids, state == "ended")
+    return Lease(shard_id, owner, int(counter), parent_ids, state == "ended", token)
 
 
 class SqlLeaseStore:
@@ -63,21 +66,22 @@ class SqlLeaseStore:
             if dialect == "mysql"
             else "ON CONFLICT (stream, shard_id) DO NOTHING"
         )
-        held = "stream = %s AND shard_id = %s AND owner = %s AND lease_counter = %s"
+        held = "stream = %s AND shard_id = %s AND owner = %s AND lease_token = %s AND lease_counter = %s"
         self._sql = {
             "list": f"SELECT {_COLUMNS} FROM {LEASES} WHERE stream = %s",
             "get": f"SELECT {_COLUMNS} FROM {LEASES} WHERE stream = %s AND shard_id = %s",
             "list_aged": f"SELECT {_COLUMNS}, {_AGE[dialect]} FROM {LEASES} WHERE stream = %s",
             "create": f"INSERT INTO {LEASES} (stream, shard_id, parent_shard_ids) VALUES (%s, %s, %s) "
             + if_absent,
-            "take": f"UPDATE {LEASES} SET owner = %s, lease_counter = lease_counter + 1, updated_at = {now} "
+            "take": f"UPDATE {LEASES} SET owner = %s, lease_token = %s, lease_counter = lease_counter + 1, "
+            f"updated_at = {now} "
             "WHERE stream = %s AND shard_id = %s AND lease_counter = %s AND state = 'open'",
             "renew": f"UPDATE {LEASES} SET lease_counter = lease_counter + 1, updated_at = {now} "
             f"WHERE {held}",
-            "release": f"UPDATE {LEASES} SET owner = NULL, lease_counter = lease_counter + 1, "
-            f"updated_at = {now} WHERE {held}",
-            "end": f"UPDATE {LEASES} SET owner = NULL, state = 'ended', lease_counter = lease_counter + 1, "
-            f"updated_at = {now} WHERE {held}",
+            "release": f"UPDATE {LEASES} SET owner = NULL, lease_token = NULL, "
+            f"lease_counter = lease_counter + 1, updated_at = {now} WHERE {held}",
+            "end": f"UPDATE {LEASES} SET owner = NULL, lease_token = NULL, state = 'ended', "
+            f"lease_counter = lease_counter + 1, updated_at = {now} WHERE {held}",
             "delete": f"DELETE FROM {LEASES} WHERE stream = %s AND shard_id = %s AND lease_counter = %s",
             "keep_row": f"INSERT INTO {CHECKPOINTS} "
             "(stream, shard_id, sequence_number, sub_sequence, state, parent_shard_ids) "
@@ -123,20 +127,20 @@ class SqlLeaseStore:
         """The stream's leases, each with the seconds since its last write by the
         database's clock (`updated_at`): for people (`poller status`); no worker
         decides anything by it."""
-        return [(_lease(r[:5]), float(r[5])) for r in await self._fetch("list_aged", (stream,))]
+        return [(_lease(r[:_WIDTH]), float(r[_WIDTH])) for r in await self._fetch("list_aged", (stream,))]
 
     # -- conditional writes ------------------------------------------------------------
 
     async def create(self, stream: str, shard_id: str, parents: tuple[str, ...]) -> None:
         await self._execute("create", (stream, shard_id, ",".join(parents)))
 
-    async def take(self, stream: str, lease: Lease, owner: str) -> Lease | None:
-        won = await self._execute("take", (owner, stream, lease.shard_id, lease.counter))
-        return Lease(lease.shard_id, owner, lease.counter + 1, lease.parents) if won else None
+    async def take(self, stream: str, lease: Lease, owner: str, token: str) -> Lease | None:
+        won = await self._execute("take", (owner, token, stream, lease.shard_id, lease.counter))
+        return Lease(lease.shard_id, owner, lease.counter + 1, lease.parents, token=token) if won else None
 
     async def renew(self, stream: str, lease: Lease) -> Lease | None:
         won = await self._execute("renew", self._held(stream, lease))
-        return Lease(lease.shard_id, lease.owner, lease.counter + 1, lease.parents) if won else None
+        return replace(lease, counter=lease.counter + 1) if won else None
 
     async def release(self, stream: str, lease: Lease) -> bool:
         return await self._execute("release", self._held(stream, lease)) == 1
@@ -168,7 +172,7 @@ class SqlLeaseStore:
 
     @staticmethod
     def _held(stream: str, lease: Lease) -> tuple[Any, ...]:
-        return (stream, lease.shard_id, lease.owner, lease.counter)
+        return (stream, lease.shard_id, lease.owner, lease.token, lease.counter)
 
     def _transient(self, what: str, e: BaseException) -> TransientError:
         return TransientError(f"lease store ({self.kind}): {what}: {type(e).__name__}: {describe_error(e)}")

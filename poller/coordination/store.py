@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from poller.coordination.lease import Lease
+from poller.fencing import Fence
 from poller.records import Checkpoint
-from poller.sink_api import Fence
 
 
 class LeaseStore(Protocol):
@@ -44,17 +44,18 @@ class LeaseStore(Protocol):
     async def create(self, stream: str, shard_id: str, parents: tuple[str, ...]) -> None:
         """A free lease, unless one exists already (then nothing changes)."""
 
-    async def take(self, stream: str, lease: Lease, owner: str) -> Lease | None:
-        """Owner := `owner`, if the counter is still `lease.counter` and it has not ended."""
+    async def take(self, stream: str, lease: Lease, owner: str, token: str) -> Lease | None:
+        """Owner := `owner` and token := `token` (a new tenure's), if the counter is
+        still `lease.counter` and it has not ended."""
 
     async def renew(self, stream: str, lease: Lease) -> Lease | None:
-        """Counter + 1, if owner and counter are still `lease`'s."""
+        """Counter + 1, if owner, token and counter are still `lease`'s."""
 
     async def release(self, stream: str, lease: Lease) -> bool:
-        """Owner := None, if owner and counter are still `lease`'s."""
+        """Owner and token := None, if owner, token and counter are still `lease`'s."""
 
     async def end(self, stream: str, lease: Lease) -> bool:
-        """Ended, owner := None, if owner and counter are still `lease`'s."""
+        """Ended, owner and token := None, if owner, token and counter are still `lease`'s."""
 
     async def delete(self, stream: str, lease: Lease) -> bool:
         """Gone, if the counter is still `lease.counter`."""

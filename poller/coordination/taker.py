@@ -8,8 +8,12 @@ is read, so hosts whose clocks disagree still agree on nothing but counters.
   (its holder may be alive); one seen for the first time without an owner is
   free at once.
 - A lease with no owner (released, or never taken) is free at once.
-- A lease that names this worker but that it does not hold (a previous life
-  of this worker id) may be taken back at once.
+- A lease is *ours* only if its tenure token was issued by this process (a
+  stream that ran here before and stopped): that one may be taken back at once.
+  A lease that names this worker id under a token of another process is
+  another holder's, whatever its name: taken only once expired, and while
+  its counter moves it is a *duplicate*: two live processes share one
+  `worker_id` (the coordinator raises the alarm and takes nothing).
 
 Pure: no I/O; `now` is passed in.
 """
@@ -20,6 +24,7 @@ from collections.abc import Collection, Iterable
 from typing import Literal
 
 from poller.coordination.lease import Lease
+from poller.fencing import issued_here
 
 Availability = Literal["free", "expired", "mine"]
 
@@ -61,7 +66,7 @@ class LeaseTaker:
         if its counter does not move: a round then sees it at once."""
         moments = []
         for lease in leases:
-            if lease.owner in (None, self.owner) or lease.ended:
+            if lease.owner is None or self.ours(lease) or lease.ended:
                 continue
             counter, since = self._seen.get(lease.shard_id, (lease.counter, now))
             if counter == lease.counter and since + self.lease_seconds > now:
@@ -74,14 +79,24 @@ class LeaseTaker:
             return None
         if lease.owner is None:
             return "free"
-        if lease.owner == self.owner:
+        if self.ours(lease):
             return "mine"
         return "expired" if self.expired(lease, now) else None
 
+    def ours(self, lease: Lease) -> bool:
+        """Held under this worker id by a tenure of this very process."""
+        return lease.owner == self.owner and issued_here(lease.token)
+
     def live_holder(self, lease: Lease, now: float) -> bool:
-        """Another worker holds it and was seen renewing it: it is alive."""
+        """Another process holds it and was seen renewing it: it is alive."""
         return (
-            lease.owner not in (None, self.owner)
+            lease.owner is not None
+            and not self.ours(lease)
+            and not lease.ended
             and lease.shard_id in self._moved
             and not self.expired(lease, now)
         )
+
+    def duplicate(self, lease: Lease, now: float) -> bool:
+        """A live holder that is another process using this worker's id."""
+        return lease.owner == self.owner and self.live_holder(lease, now)

@@ -86,6 +86,12 @@ SHARDS = Gauge("poller_shards", "Shards by state: waiting_on_parent, reading, en
 BLOCKED = Gauge("poller_blocked", "1 while retries hold a shard (or SQS batch).", ["stream", "shard"])
 READY = Gauge("poller_stream_ready", "1 when the stream has reached its source and its sink.", ["stream"])
 LEASES_HELD = Gauge("poller_leases_held", "Shard leases held by this process.", ["stream"])
+DUPLICATE_WORKER_ID = Gauge(
+    "poller_duplicate_worker_id",
+    "1 while another live process holds leases of this stream under this process's worker_id "
+    "(its tenure tokens are not this process's): this process takes no lease until they expire.",
+    ["stream"],
+)
 TRIMMED = Counter(
     "poller_trimmed_reads_total",
     "Reads that found their position past the stream's retention (DynamoDB Streams "
@@ -210,6 +216,7 @@ LEASE_EVENTS = Counter(
     "poller_lease_events_total",
     "Shard lease events of this process: taken (free or expired), stolen (balancing), renewed, "
     "lost (found taken by another worker, or not renewed in time), released (shutdown), "
-    "fenced (a commit refused because the lease had passed to another worker).",
+    "fenced (a commit refused because the lease had passed to another worker), duplicate_id "
+    "(a live lease under this worker's id held by another process).",
     ["stream", "event"],
 )

@@ -7,8 +7,8 @@ order of the statements and how errors are classified.
 
 Fencing (several replicas): a transaction that carries a `Fence` reads its
 lease row with a shared lock as its last statement before COMMIT and rolls
-back with `Fenced` unless the row still names this worker at or above the
-counter it took the lease at. A taker's conditional write waits for that
+back with `Fenced` unless the row still carries this tenure's token (and
+names this worker at or above the counter it took the lease at). A taker's conditional write waits for that
 lock, so a commit that passed the check commits before any takeover, and one
 made after a takeover writes nothing. When the lease store keeps the
 checkpoints (DynamoDB), they go to it at that point instead, by a write
@@ -41,6 +41,9 @@ from poller.sink_api import Fence, Fenced, Sink
 from poller.sink_api import MessageWrite as MessageWrite
 from poller.sink_api import Transaction as Transaction
 from poller.sinks.coercion import CoercionError, Converter, coerce_row, row_coercer
+
+# (owner, lease_counter, lease_token) of a `poller_leases` row.
+LeaseRow = tuple[str | None, int, str | None]
 
 
 class SqlSink(Sink):
@@ -163,16 +166,16 @@ class SqlSink(Sink):
 
     async def _check_fence(self, conn: Any, stream: str, fence: Fence) -> None:
         row = await self.lease_row(conn, stream, fence.shard_id)
-        owner, counter = row if row is not None else (None, -1)
-        if not fence.holds(owner, counter):
+        owner, counter, token = row if row is not None else (None, -1, None)
+        if not fence.holds(owner, counter, token):
             raise Fenced(fence.shard_id, owner, tenure_over=not fence.current())
 
     # -- dialect hooks -----------------------------------------------------------------
 
     @abc.abstractmethod
-    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
-        """(owner, lease_counter) of a `poller_leases` row, read inside the transaction
-        with a shared lock held to its end (a taker's write waits for the commit)."""
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> LeaseRow | None:
+        """(owner, lease_counter, lease_token) of a `poller_leases` row, read inside the
+        transaction with a shared lock held to its end (a taker's write waits for the commit)."""
 
     @abc.abstractmethod
     def transaction(self) -> Any:

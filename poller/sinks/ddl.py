@@ -61,8 +61,28 @@ SQLITE = Types(
 # Shard leases, when several replicas share a stream (`coordination:`). One row
 # per (stream, shard): `owner` NULL when free; every write is conditional on
 # `lease_counter` and moves it on; `state` is `open` or `ended` (read to its end:
-# never taken again). `updated_at` is for people: no worker compares wall clocks.
+# never taken again). `lease_token` is the holding tenure's token: a holder's
+# writes and every fencing check compare it, never `owner` alone (a readable
+# name two processes may share). `updated_at` is for people: no worker compares
+# wall clocks.
 LEASES_TABLE = "poller_leases"
+
+
+def lease_columns_added(t: Types) -> dict[str, str]:
+    """Columns of `poller_leases` that tables created by an older poller lack:
+    each is added in place at start (additive, safe to run twice)."""
+    return {"lease_token": t.key}
+
+
+def added_columns(t: Types, q: str, existing: set[str]) -> list[str]:
+    """ALTER statements for the lease columns `existing` lacks (column names as the
+    database lists them). Written without IF NOT EXISTS, which MySQL 8 lacks."""
+    leases = quote_ident(LEASES_TABLE, q)
+    return [
+        f"ALTER TABLE {leases} ADD COLUMN {name} {kind}"
+        for name, kind in lease_columns_added(t).items()
+        if name not in {c.lower() for c in existing}
+    ]
 
 
 def bookkeeping(
@@ -83,7 +103,7 @@ def bookkeeping(
         f"stream {t.key} NOT NULL, shard_id {t.key} NOT NULL, owner {t.key}, "
         f"lease_counter {t.bigint} NOT NULL DEFAULT 0, parent_shard_ids {t.text} NOT NULL DEFAULT '', "
         f"state {t.key} NOT NULL DEFAULT 'open', updated_at {t.ts} NOT NULL DEFAULT {t.now}, "
-        f"PRIMARY KEY (stream, shard_id)){suffix}",
+        f"lease_token {t.key}, PRIMARY KEY (stream, shard_id)){suffix}",
     ]
     if failures:
         stmts.append(

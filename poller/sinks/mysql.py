@@ -19,7 +19,7 @@ from poller import dsn as dsn_rules
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.rows import RowShape
 from poller.sinks import ddl, errors
-from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.sinks.base import LeaseRow, SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import Converter, column_converter
 from poller.sinks.column_types import mariadb_json_columns, mysql_column
 
@@ -215,6 +215,14 @@ class MysqlSink(SqlSink):
                         suffix=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
                     ):
                         await cur.execute(stmt)
+                    await cur.execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = DATABASE() AND table_name = %s",
+                        (ddl.LEASES_TABLE,),
+                    )
+                    existing = {r[0] for r in await cur.fetchall()}
+                    for stmt in ddl.added_columns(ddl.MYSQL, "`", existing):
+                        await cur.execute(stmt)
                     if self.shape.append and self.table:
                         await cur.execute(
                             ddl.append_table(
@@ -376,15 +384,15 @@ class MysqlSink(SqlSink):
             [checkpoint_row(c) for c in checkpoints],
         )
 
-    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> LeaseRow | None:
         # LOCK IN SHARE MODE (MariaDB and MySQL 8 alike) reads the latest committed row.
         await conn.execute(
-            f"SELECT owner, lease_counter FROM {q(ddl.LEASES_TABLE)} "
+            f"SELECT owner, lease_counter, lease_token FROM {q(ddl.LEASES_TABLE)} "
             f"WHERE stream = %s AND shard_id = %s LOCK IN SHARE MODE",
             (stream, shard_id),
         )
         row = await conn.fetchone()
-        return None if row is None else (row[0], int(row[1]))
+        return None if row is None else (row[0], int(row[1]), row[2])
 
     async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:
         try:

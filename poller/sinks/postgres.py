@@ -21,7 +21,7 @@ from poller import dsn as dsn_rules
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.rows import RowShape
 from poller.sinks import ddl, errors
-from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.sinks.base import LeaseRow, SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import column_converter
 from poller.sinks.column_types import postgres_column
 
@@ -119,6 +119,13 @@ class PostgresSink(SqlSink):
                     q(self.processed_table),
                     q(self.failures_table) if self.failures_table else None,
                 ):
+                    await conn.execute(stmt)
+                existing = await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = $1",
+                    ddl.LEASES_TABLE,
+                )
+                for stmt in ddl.added_columns(ddl.POSTGRES, '"', {r[0] for r in existing}):
                     await conn.execute(stmt)
                 await conn.execute(
                     f"CREATE INDEX IF NOT EXISTS poller_processed_at "
@@ -263,14 +270,14 @@ class PostgresSink(SqlSink):
             [checkpoint_row(c) for c in checkpoints],
         )
 
-    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> LeaseRow | None:
         row = await conn.fetchrow(
-            f"SELECT owner, lease_counter FROM {q(ddl.LEASES_TABLE)} "
+            f"SELECT owner, lease_counter, lease_token FROM {q(ddl.LEASES_TABLE)} "
             f"WHERE stream = $1 AND shard_id = $2 FOR SHARE",
             stream,
             shard_id,
         )
-        return None if row is None else (row[0], int(row[1]))
+        return None if row is None else (row[0], int(row[1]), row[2])
 
     # -- reads outside the batch transaction -------------------------------------------
 

@@ -16,7 +16,7 @@ import aiosqlite
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.rows import RowShape
 from poller.sinks import ddl, errors
-from poller.sinks.base import SqlSink, checkpoint_row, checkpoints_from_rows
+from poller.sinks.base import LeaseRow, SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import column_converter
 from poller.sinks.column_types import sqlite_column
 
@@ -112,6 +112,10 @@ class SqliteSink(SqlSink):
                 q(self.failures_table) if self.failures_table else None,
             ):
                 await self.db.execute(stmt)
+            async with self.db.execute(table_info(ddl.LEASES_TABLE)) as cur:
+                existing = {r[1] for r in await cur.fetchall()}
+            for stmt in ddl.added_columns(ddl.SQLITE, '"', existing):
+                await self.db.execute(stmt)
             if not self.table:
                 return  # bookkeeping only
             if self.shape.append:
@@ -198,14 +202,15 @@ class SqliteSink(SqlSink):
             [checkpoint_row(c) for c in checkpoints],
         )
 
-    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> tuple[str | None, int] | None:
+    async def lease_row(self, conn: Any, stream: str, shard_id: str) -> LeaseRow | None:
         # The transaction began IMMEDIATE: no other writer runs until it ends.
         async with conn.execute(
-            f"SELECT owner, lease_counter FROM {q(ddl.LEASES_TABLE)} WHERE stream = ? AND shard_id = ?",
+            f"SELECT owner, lease_counter, lease_token FROM {q(ddl.LEASES_TABLE)} "
+            "WHERE stream = ? AND shard_id = ?",
             (stream, shard_id),
         ) as cur:
             row = await cur.fetchone()
-        return None if row is None else (row[0], int(row[1]))
+        return None if row is None else (row[0], int(row[1]), row[2])
 
     async def load_checkpoints(self, stream: str) -> dict[str, Checkpoint]:
         async with (

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from poller.config import parse_stream
 from poller.coordination import Lease, LeaseCoordinator, LeaseStore, kept_checkpoints
 from poller.coordination.dynamodb_store import DynamoDBLeaseStore
 from poller.coordination.sql_store import SqlLeaseStore
+from poller.fencing import Fence, Fenced, Tenure, new_token
+from poller.observability import metrics
 from poller.records import Checkpoint, ShardState
-from poller.sink_api import Fence, Fenced, MessageWrite, Tenure, Transaction
+from poller.sink_api import MessageWrite, Transaction
 from poller.sinks.base import SqlSink
 from poller.sinks.factory import build_sink, checkpoint_store
 from tests.support import db
@@ -100,37 +103,38 @@ async def test_take_renew_release_and_end_are_conditional_on_the_counter(
     await a.create(s, "shard-1", ())
     seen = await b.get(s, "shard-1")
     assert seen is not None
-    taken = await a.take(s, seen, "worker-a")
-    assert taken == Lease("shard-1", "worker-a", 1)
-    assert await b.take(s, seen, "worker-b") is None  # the counter moved: b's view is stale
+    ta, tb, ta2 = new_token(), new_token(), new_token()
+    taken = await a.take(s, seen, "worker-a", ta)
+    assert taken == Lease("shard-1", "worker-a", 1, token=ta)
+    assert await b.take(s, seen, "worker-b", tb) is None  # the counter moved: b's view is stale
 
     renewed = await a.renew(s, taken)
-    assert renewed == Lease("shard-1", "worker-a", 2)
+    assert renewed == Lease("shard-1", "worker-a", 2, token=ta)
     assert await a.renew(s, taken) is None  # stale counter
-    assert await b.renew(s, Lease("shard-1", "worker-b", 2)) is None  # not the owner
-    assert not await b.release(s, Lease("shard-1", "worker-b", 2))
+    assert await b.renew(s, Lease("shard-1", "worker-b", 2, token=tb)) is None  # not the owner
+    assert not await b.release(s, Lease("shard-1", "worker-b", 2, token=tb))
 
-    stolen = await b.take(s, renewed, "worker-b")  # what a steal or an expired take does
-    assert stolen == Lease("shard-1", "worker-b", 3)
+    stolen = await b.take(s, renewed, "worker-b", tb)  # what a steal or an expired take does
+    assert stolen == Lease("shard-1", "worker-b", 3, token=tb)
     assert await a.renew(s, renewed) is None  # a's renewal finds it lost
     assert await a.get(s, "shard-1") == stolen
 
     assert await b.release(s, stolen)
-    assert await a.get(s, "shard-1") == Lease("shard-1", None, 4)
-    again = await a.take(s, Lease("shard-1", None, 4), "worker-a")
-    assert again == Lease("shard-1", "worker-a", 5)
-    assert not await a.end(s, Lease("shard-1", "worker-a", 4))  # stale counter
+    assert await a.get(s, "shard-1") == Lease("shard-1", None, 4)  # owner and token cleared
+    again = await a.take(s, Lease("shard-1", None, 4), "worker-a", ta2)
+    assert again == Lease("shard-1", "worker-a", 5, token=ta2)
+    assert not await a.end(s, Lease("shard-1", "worker-a", 4, token=ta2))  # stale counter
     assert await a.end(s, again)
     ended = await b.get(s, "shard-1")
     assert ended == Lease("shard-1", None, 6, (), ended=True)
-    assert await b.take(s, ended, "worker-b") is None  # an ended lease is never taken again
+    assert await b.take(s, ended, "worker-b", tb) is None  # an ended lease is never taken again
 
 
 async def test_delete_is_conditional_on_the_counter(stores: tuple[LeaseStore, LeaseStore]) -> None:
     a, b = stores
     s = stream()
     await a.create(s, "gone", ())
-    taken = await a.take(s, Lease("gone"), "worker-a")
+    taken = await a.take(s, Lease("gone"), "worker-a", new_token())
     assert taken is not None
     assert not await b.delete(s, Lease("gone"))  # counter 0 was seen; it is 1 now
     assert await b.delete(s, taken)
@@ -144,7 +148,7 @@ async def test_of_many_concurrent_takers_exactly_one_wins(backend: Backend) -> N
         s = stream()
         await workers[0].create(s, "contested", ())
         results = await asyncio.gather(
-            *(w.take(s, Lease("contested"), f"worker-{i}") for i, w in enumerate(workers))
+            *(w.take(s, Lease("contested"), f"worker-{i}", new_token()) for i, w in enumerate(workers))
         )
         winners = [r for r in results if r is not None]
         assert len(winners) == 1
@@ -171,10 +175,11 @@ async def test_a_commit_under_a_lease_that_passed_on_writes_nothing(
     sink = backend.sink
     s = stream()
     await a.create(s, "shard-1", ())
-    held = await a.take(s, Lease("shard-1"), "zombie")
+    zombie_tenure = Tenure()
+    held = await a.take(s, Lease("shard-1"), "zombie", zombie_tenure.token)
     assert held is not None
     keeper = kept_checkpoints(a)
-    zombie = Fence("shard-1", "zombie", held.counter, keeper)
+    zombie = Fence("shard-1", "zombie", held.counter, keeper, zombie_tenure)
 
     def commit(fence: Fence, sequence: str, message: str) -> Transaction:
         row = Checkpoint(s, "shard-1", sequence, 0, ShardState.RUNNING)
@@ -191,9 +196,10 @@ async def test_a_commit_under_a_lease_that_passed_on_writes_nothing(
     await sink.commit(commit(zombie, "110", "m-2"))  # renewals keep the fence valid
     assert await checkpoint() == "110"
 
-    taken = await b.take(s, renewed, "successor")  # the zombie's lease expired elsewhere
+    successor_tenure = Tenure()
+    taken = await b.take(s, renewed, "successor", successor_tenure.token)  # expired elsewhere
     assert taken is not None
-    successor = Fence("shard-1", "successor", taken.counter, kept_checkpoints(b))
+    successor = Fence("shard-1", "successor", taken.counter, kept_checkpoints(b), successor_tenure)
     await sink.commit(commit(successor, "120", "m-3"))
 
     with pytest.raises(Fenced) as refused:
@@ -206,7 +212,7 @@ async def test_a_commit_under_a_lease_that_passed_on_writes_nothing(
     with pytest.raises(Fenced):
         await sink.commit(commit(zombie, "116", "m-5"))  # released: no one's, still not the zombie's
     with pytest.raises(Fenced):
-        await sink.commit(commit(Fence("shard-1", "zombie", 0, keeper), "117", "m-6"))  # never held
+        await sink.commit(commit(Fence("shard-1", "zombie", 0, keeper, Tenure()), "117", "m-6"))  # never held
     assert await checkpoint() == "120"
 
 
@@ -229,7 +235,7 @@ async def test_a_shard_still_read_here_is_not_taken_back_until_its_worker_stoppe
 
     for shard in ("x", "y"):  # taken elsewhere while it was paused
         current = await b.get(s, shard)
-        assert current is not None and await b.take(s, current, "other") is not None
+        assert current is not None and await b.take(s, current, "other", new_token()) is not None
     await coordinator.round()
     assert coordinator.take_lost() == {"x", "y"}
     assert coordinator.holding() == set()
@@ -253,9 +259,9 @@ async def test_a_commit_of_a_tenure_that_is_over_is_refused_though_the_lease_nam
     sink = backend.sink
     s = stream()
     await a.create(s, "shard-1", ())
-    first = await a.take(s, Lease("shard-1"), "w")
-    assert first is not None
     old_tenure = Tenure()
+    first = await a.take(s, Lease("shard-1"), "w", old_tenure.token)
+    assert first is not None
     old = Fence("shard-1", "w", first.counter, kept_checkpoints(a), old_tenure)
 
     def commit(fence: Fence, sequence: str) -> Transaction:
@@ -265,11 +271,12 @@ async def test_a_commit_of_a_tenure_that_is_over_is_refused_though_the_lease_nam
 
     await sink.commit(commit(old, "100"))
     old_tenure.end()  # lost
-    other = await b.take(s, first, "other")
+    other = await b.take(s, first, "other", new_token())
     assert other is not None
-    again = await a.take(s, other, "w")
+    new_tenure = Tenure()
+    again = await a.take(s, other, "w", new_tenure.token)
     assert again is not None and again.owner == "w"
-    new = Fence("shard-1", "w", again.counter, kept_checkpoints(a), Tenure())
+    new = Fence("shard-1", "w", again.counter, kept_checkpoints(a), new_tenure)
     await sink.commit(commit(new, "200"))
 
     with pytest.raises(Fenced, match="is over"):
@@ -334,3 +341,141 @@ async def test_a_stopping_worker_renews_what_it_holds_and_takes_nothing_more(
     leases = {lease.shard_id: lease for lease in await b.list_leases(s)}
     assert leases["x"].counter == counter + 1  # renewed
     assert leases["y"].owner is None and leases["z"].owner is None
+
+
+# --------------------------------------------------------------------------- tenure tokens
+
+
+def _commit(s: str, fence: Fence, sequence: str, message: str) -> Transaction:
+    row = Checkpoint(s, "shard-1", sequence, 0, ShardState.RUNNING)
+    return Transaction(stream=s, checkpoints=[row], messages=[MessageWrite(message, [])], fence=fence)
+
+
+async def test_a_namesake_under_another_token_can_neither_write_the_lease_nor_commit(
+    backend: Backend, stores: tuple[LeaseStore, LeaseStore]
+) -> None:
+    """Two processes sharing one worker_id: the row names them both alike, but only
+    the tenure whose token the take wrote may renew, release, end or commit."""
+    a, b = stores
+    sink = backend.sink
+    s = stream()
+    await a.create(s, "shard-1", ())
+    holder, namesake = Tenure(), Tenure()
+    held = await a.take(s, Lease("shard-1"), "shared-id", holder.token)
+    assert held is not None and held.token == holder.token
+    impostor = replace(held, token=namesake.token)  # same name, same counter, another tenure
+    assert await b.renew(s, impostor) is None
+    assert not await b.release(s, impostor)
+    assert not await b.end(s, impostor)
+    assert await b.get(s, "shard-1") == held
+
+    mine = Fence("shard-1", "shared-id", held.counter, kept_checkpoints(a), holder)
+    theirs = Fence("shard-1", "shared-id", held.counter, kept_checkpoints(b), namesake)
+    await sink.commit(_commit(s, mine, "100", "m-1"))
+    with pytest.raises(Fenced):
+        await sink.commit(_commit(s, theirs, "200", "m-2"))
+    renewed = await a.renew(s, held)
+    assert renewed is not None and renewed.token == holder.token
+    with pytest.raises(Fenced):  # a higher counter under the same name changes nothing
+        await sink.commit(_commit(s, theirs, "300", "m-3"))
+    await sink.commit(_commit(s, mine, "110", "m-4"))
+
+    rows = await (kept_checkpoints(b) or sink).load_checkpoints(s)
+    assert rows["shard-1"].sequence_number == "110"
+    assert await sink.processed_ids(s, ["m-1", "m-2", "m-3", "m-4"]) == {"m-1", "m-4"}
+
+
+OTHER_PROCESS = "otherhost/4242/0badcafe/"  # a token prefix no process here draws
+
+
+@pytest.mark.parametrize("backend", ["postgres", "mysql", "dynamodb"], indirect=True)
+async def test_a_live_namesake_raises_the_duplicate_alarm_and_nothing_is_taken_until_it_expires(
+    stores: tuple[LeaseStore, LeaseStore],
+) -> None:
+    """Another process renews a lease under this worker's id: the coordinator
+    counts the alarm and takes nothing (not even a free lease) while it lasts;
+    once the namesake stops renewing, its lease expires and is taken as anyone's."""
+    a, b = stores
+    s = stream()
+    now = [0.0]
+    coordinator = LeaseCoordinator(s, a, "shared-id", 3.0, clock=lambda: now[0], rng=random.Random(3))
+    await b.create(s, "x", ())
+    other = await b.take(s, Lease("x"), "shared-id", OTHER_PROCESS + "0123456789abcdef")
+    assert other is not None
+    coordinator.want({"x": ()}, {"x"})
+    alarms = metrics.LEASE_EVENTS.labels(s, "duplicate_id")
+
+    await coordinator.round()  # first sight: not known to be live yet
+    await b.create(s, "free", ())
+    coordinator.want({"x": (), "free": ()}, {"x", "free"})
+    for _ in range(3):
+        now[0] += 1.0
+        renewed = await b.renew(s, other)
+        assert renewed is not None
+        other = renewed
+        await coordinator.round()
+        assert coordinator.holding() == set()  # not even the free one
+        assert metrics.DUPLICATE_WORKER_ID.labels(s)._value.get() == 1
+    assert alarms._value.get() == 1  # one error line a minute, not one a round
+    assert (await b.get(s, "x")) == other  # never taken from the live namesake
+
+    now[0] += 3.0  # the namesake stopped renewing: its lease expires
+    await coordinator.round()
+    assert metrics.DUPLICATE_WORKER_ID.labels(s)._value.get() == 0
+    now[0] += 3.0
+    await coordinator.round()
+    assert coordinator.holding() == {"x", "free"}
+    x = await b.get(s, "x")
+    assert x is not None and x.token is not None and x.token != other.token
+
+
+async def test_a_lease_table_of_an_older_poller_gains_the_token_column_in_place(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A `poller_leases` created before tenure tokens: the sink adds the column at
+    start (twice is harmless), and a lease held under it by an old process (no
+    token) is another holder's, never this process's."""
+    if backend.kind == "dynamodb":
+        pytest.skip("DynamoDB items take new attributes without a migration")
+    old_ddl = (
+        "CREATE TABLE poller_leases (stream VARCHAR(255) NOT NULL, shard_id VARCHAR(255) NOT NULL, "
+        "owner VARCHAR(255), lease_counter BIGINT NOT NULL DEFAULT 0, "
+        "parent_shard_ids VARCHAR(1024) NOT NULL DEFAULT '', state VARCHAR(255) NOT NULL DEFAULT 'open', "
+        "updated_at TIMESTAMP NULL, PRIMARY KEY (stream, shard_id))"
+    )
+    old_row = "INSERT INTO poller_leases (stream, shard_id, owner, lease_counter) VALUES ('s', 'x', 'w', 7)"
+    namespace = f"mig_{uuid.uuid4().hex[:8]}"
+    if backend.kind == "sqlite":
+        dsn = str(tmp_path / "old.sqlite")
+        with sqlite3.connect(dsn) as conn:
+            conn.execute(old_ddl)
+            conn.execute(old_row)
+    elif backend.kind == "postgres":
+        base = request.getfixturevalue("pg_dsn")
+        db.execute("postgres", base, f"CREATE SCHEMA {namespace}")
+        request.addfinalizer(lambda: db.execute("postgres", base, f"DROP SCHEMA {namespace} CASCADE"))
+        dsn = f"{base}?search_path={namespace}"  # asyncpg passes it on as a server setting
+        in_namespace = f"SET search_path TO {namespace}"
+        db.execute("postgres", base, f"{in_namespace}; {old_ddl}; {old_row}")
+    else:
+        base = request.getfixturevalue("mysql_dsn")
+        db.execute("mysql", base, f"CREATE DATABASE {namespace}")
+        request.addfinalizer(lambda: db.execute("mysql", base, f"DROP DATABASE {namespace}"))
+        dsn = base.rsplit("/", 1)[0] + "/" + namespace
+        db.execute("mysql", dsn, old_ddl)
+        db.execute("mysql", dsn, old_row)
+    for _ in range(2):
+        sink = checkpoint_store(dsn)
+        await sink.open()
+        await sink.close()
+    store = SqlLeaseStore(backend.kind, dsn)  # type: ignore[arg-type]
+    await store.open()
+    try:
+        kept = await store.get("s", "x")
+        assert kept == Lease("x", "w", 7)  # the old holder's row, token None
+        assert await store.renew("s", replace(kept, token=new_token())) is None
+        mine = Tenure()
+        taken = await store.take("s", kept, "w", mine.token)  # what an expired take does
+        assert taken is not None and (await store.get("s", "x")) == taken
+    finally:
+        await store.close()

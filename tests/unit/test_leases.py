@@ -13,6 +13,7 @@ import pytest
 
 from poller.config import ConfigError, parse_stream
 from poller.coordination import Lease, LeaseTaker, choose, fair_share, worker_id
+from poller.fencing import new_token
 
 L = 3.0  # lease_seconds
 ROUND = L / 3  # renew period
@@ -134,12 +135,31 @@ def test_expiry_reads_no_wall_clock_only_the_takers_own_clock() -> None:
     assert near.expired(lease, 53.0)
 
 
-def test_a_lease_naming_this_worker_but_not_held_is_its_own_previous_life() -> None:
+def test_a_lease_this_process_held_under_its_id_in_an_earlier_life_of_the_stream_is_its_own() -> None:
     taker = LeaseTaker("me", L)
-    lease = owned("s1", "me", 9)
+    lease = Lease("s1", "me", 9, token=new_token())  # a token this very process drew
     taker.observe([lease], now=1.0)
     assert taker.availability(lease, held=set(), now=1.0) == "mine"
     assert taker.availability(lease, held={"s1"}, now=1.0) is None
+
+
+def test_a_lease_under_this_id_but_another_process_token_is_not_its_own() -> None:
+    """Two processes sharing a worker_id: the other's lease is taken only once it
+    expires, like anyone's, and while its counter moves it is a duplicate."""
+    taker = LeaseTaker("me", L)
+    other = "otherhost/1/abcd1234/0123456789abcdef"
+    taker.observe([Lease("s1", "me", 9, token=other)], now=1.0)
+    assert taker.availability(Lease("s1", "me", 9, token=other), set(), now=1.0) is None
+    assert not taker.duplicate(Lease("s1", "me", 9, token=other), now=1.0)  # not seen renewing yet
+    taker.observe([Lease("s1", "me", 10, token=other)], now=2.0)
+    assert taker.duplicate(Lease("s1", "me", 10, token=other), now=2.0)
+    assert taker.availability(Lease("s1", "me", 10, token=other), set(), now=2.0) is None
+    taker.observe([Lease("s1", "me", 10, token=other)], now=5.0)  # it stopped renewing
+    assert not taker.duplicate(Lease("s1", "me", 10, token=other), now=5.0)
+    assert taker.availability(Lease("s1", "me", 10, token=other), set(), now=5.0) == "expired"
+    # A row written by an older poller (no token) under this id is not this process's either.
+    taker.observe([Lease("s2", "me", 3)], now=5.0)
+    assert taker.availability(Lease("s2", "me", 3), set(), now=5.0) is None
 
 
 def test_an_ended_lease_is_never_available() -> None:

@@ -314,9 +314,9 @@ async def test_a_window_whose_lease_this_process_lost_gets_no_final_call_from_it
     await leases.open()
     try:
         await leases.create(STREAM, SHARD, ())
-        taken = await leases.take(STREAM, Lease(SHARD), "me")
-        assert taken is not None
         tenure = Tenure()
+        taken = await leases.take(STREAM, Lease(SHARD), "me", tenure.token)
+        assert taken is not None
         first = tx([rec(1, past + 1, 1)])
         first.fence = Fence(SHARD, "me", taken.counter, None, tenure)
         await sink.commit(first)
@@ -342,20 +342,21 @@ async def test_a_replica_that_takes_a_quiet_shard_closes_the_window_its_last_hol
     await leases.open()
     try:
         await leases.create(STREAM, SHARD, ())
-        old = await leases.take(STREAM, Lease(SHARD), "old")
+        old_tenure, new_tenure = Tenure(), Tenure()
+        old = await leases.take(STREAM, Lease(SHARD), "old", old_tenure.token)
         assert old is not None
         t = tx([rec(1, past + 1, 1), rec(2, past + 2, 2)])
-        t.fence = Fence(SHARD, "old", old.counter, None, Tenure())
+        t.fence = Fence(SHARD, "old", old.counter, None, old_tenure)
         await first.commit(t)
         await first.close()  # a rolling restart: stopped before the window's end
-        new = await leases.take(STREAM, old, "new")
+        new = await leases.take(STREAM, old, "new", new_tenure.token)
         assert new is not None
         second = make_sink(tmp_path, grace=0.1, startup_quiet=0.3, load_at_open=False)
         await second.open()
         try:
             await asyncio.sleep(0.6)
             assert not finals(log)  # not its shard yet
-            await second.shard_taken(STREAM, SHARD, Fence(SHARD, "new", new.counter, None, Tenure()))
+            await second.shard_taken(STREAM, SHARD, Fence(SHARD, "new", new.counter, None, new_tenure))
             await until_final(log)
         finally:
             await second.close()

@@ -123,6 +123,7 @@ class ShardFleet:
         self.leases: LeaseCoordinator | None = None
         self.checkpoints: Sink | CheckpointStore = sink
         self._loaded_at = 0.0
+        self._load_began = float("-inf")  # when the checkpoints last read began to be read (leases clock)
 
     @classmethod
     def of(cls, source: SourceConsumer, api: ShardApi, min_read_interval: float) -> ShardFleet:
@@ -209,8 +210,11 @@ class ShardFleet:
             if coordinating is not None:
                 leases_stop.set()
                 await asyncio.gather(coordinating, return_exceptions=True)
-                if graceful and self.leases is not None:
-                    await self.leases.release_all()
+                if self.leases is not None:
+                    if graceful:
+                        await self.leases.release_all()
+                    else:
+                        self.leases.abandon()
         return self.stopped or StopReason.REQUESTED
 
     async def _list(self, stop: asyncio.Event) -> bool:
@@ -296,7 +300,7 @@ class ShardFleet:
                 worker.request_stop(StopReason.LEASE_LOST)
         held = leases.holding()
         if time.monotonic() - self._loaded_at >= leases.renew_every or any(
-            s not in self.workers for s in held
+            s not in self.workers and not leases.loaded_for(s, self._load_began) for s in held
         ):
             # What other workers committed and ended: the lineage, and where held shards resume.
             if not await self._reload(stop):
@@ -310,17 +314,24 @@ class ShardFleet:
             if self.lineage.finished(shard_id):
                 # Read to its end by another worker, which did not get to end the lease.
                 await leases.ended(shard_id)
+            elif not leases.loaded_for(shard_id, self._load_began):
+                # Taken (again) while the checkpoints were being read: they may predate
+                # what its last holder committed. The next round reads them again.
+                self._wake.set()
             elif self.lineage.ready(shard_id) and leases.readable(shard_id):
                 self._start(shard, leases.fence(shard_id))
         self._publish()
 
     async def _reload(self, stop: asyncio.Event) -> bool:
+        assert self.leases is not None
+        began = self.leases.clock()
         loaded = await retrying(
             stop, self.name, "loading checkpoints", lambda: self.checkpoints.load_checkpoints(self.name)
         )
         if loaded is None:
             return False
         self._loaded_at = time.monotonic()
+        self._load_began = began
         shards, marker = self.resume.load(loaded)
         if marker is not None and self.resume.since is None:
             self.resume.since = parse_start_row(marker)
