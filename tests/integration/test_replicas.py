@@ -627,3 +627,110 @@ def test_two_replicas_share_a_dynamodb_stream_and_one_takes_over_after_sigkill(
         for d in daemons.values():
             d.stop()
     assert writes() == {f"i{i}": 1 for i in range(20)}
+
+
+# --------------------------------------------------------------------------- one worker_id, two processes
+
+
+def alarms(d: Daemon, stream: str) -> float:
+    return metric(d, "poller_lease_events_total", event="duplicate_id", stream=stream)
+
+
+def test_two_processes_sharing_a_worker_id_never_both_pass_the_fence(
+    kinesalite: Kinesalite, database: tuple[str, str]
+) -> None:
+    """The README's own mistake: two replicas with one fixed `worker_id` (a shared
+    `${HOSTNAME}` under host networking). Both run under load for more than three
+    lease periods: each shard is read and committed by one process only (its
+    tenure token is in the lease row), the duplicate-id alarm fires, no checkpoint
+    moves back, every record is written once (counted by the trigger); when one
+    stops, the other takes its shards and the alarm clears."""
+    kind, dsn = database
+    r = Replicas(kind, dsn, kinesalite, "rep_dupid", shards=4)
+    try:
+        with CheckpointWatch(r) as watch, producing(r, per_tick=20):
+            for name in ("a", "b"):
+                r.daemons[name] = Daemon([r.cfg("same-id")], shutdown_timeout=15).start()
+            wait_for(
+                lambda: sum(max(r.held(w), 0) for w in ("a", "b")) == 4,
+                4 * LEASE + 15,
+                message="4 leases held",
+            )
+            time.sleep(3 * LEASE + RENEW)  # three lease periods and more, both running
+            wait_for(
+                lambda: alarms(r.daemons["a"], r.table) + alarms(r.daemons["b"], r.table) >= 1,
+                2 * LEASE,
+                message="the duplicate-id alarm",
+            )
+            held = {w: r.held(w) for w in ("a", "b")}
+            assert sum(held.values()) == 4, held  # never one shard in both
+            raised = [
+                w for w in ("a", "b") if metric(r.daemons[w], "poller_duplicate_worker_id", stream=r.table)
+            ]
+            assert raised, "the alarm's gauge is up in the process that sees the other"
+            assert any(
+                '"duplicate worker_id' in line
+                for w in raised
+                for line in r.daemons[w].log.read_text().splitlines()
+            )
+            leaving = min(held, key=lambda w: held[w])  # the one taking nothing, or holding less
+            staying = "b" if leaving == "a" else "a"
+            r.daemons[leaving].signal(signal.SIGTERM)
+            assert r.daemons[leaving].wait(30) == 0, r.daemons[leaving].tail()
+            wait_for(lambda: r.held(staying) == 4, 4 * LEASE + 10, message="the other takes every shard")
+            wait_for(
+                lambda: metric(r.daemons[staying], "poller_duplicate_worker_id", stream=r.table) == 0,
+                4 * LEASE,
+                message="the alarm clears",
+            )
+        r.wait_rows(r.producer.sent)
+        r.stop_all()
+    finally:
+        for d in r.daemons.values():
+            d.stop()
+    assert watch.regressions == []
+    r.check_exactly_once()
+
+
+def test_two_handler_processes_sharing_a_worker_id_deliver_every_record_once(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    """The same mistake with user code and leases in DynamoDB: the handler's journal
+    holds each record once, and the alarm fires."""
+    name = f"rep_dupid_ddb_{uuid.uuid4().hex[:6]}"
+    kinesis = client("kinesis", moto.url)
+    create_stream(kinesis, name, 4)
+    log = tmp_path / "handled.jsonl"
+    env = {"HANDLER_LOG": str(log)}
+    daemons: dict[str, Daemon] = {}
+    for process in ("p1", "p2"):
+        cfg = handler_stream(name, name, moto.url, tmp_path, "same-id")
+        cfg["sink"]["checkpoint_dsn"] = str(tmp_path / f"{process}.sqlite")
+        daemons[process] = Daemon([cfg], env=env)
+
+    def held(p: str) -> int:
+        return int(daemons[p].metric(f'poller_leases_held{{stream="{name}"}}', -1))
+
+    def handled() -> list[int]:
+        return [e["handled"] for e in journal.read(log) if "handled" in e]
+
+    sent = 0
+    try:
+        for d in daemons.values():
+            d.start()
+        wait_for(lambda: sum(max(held(p), 0) for p in daemons) == 4, 4 * LEASE + 15, message="4 leases held")
+        deadline = time.monotonic() + 3 * LEASE + RENEW  # three lease periods and more, under load
+        while time.monotonic() < deadline:
+            put_ids(kinesis, name, range(sent, sent + 100))
+            sent += 100
+            time.sleep(0.2)
+        wait_for(lambda: len(handled()) >= sent, 60, message=f"{sent} records handled")
+        time.sleep(2 * RENEW)  # a second delivery, if any, lands in the journal too
+        raised = sum(alarms(d, name) for d in daemons.values())
+        for d in daemons.values():
+            assert d.stop() == 0
+    finally:
+        for d in daemons.values():
+            d.stop()
+    assert sorted(handled()) == list(range(sent))  # each record delivered once
+    assert raised >= 1, "the duplicate-id alarm"
