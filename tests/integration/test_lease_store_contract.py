@@ -479,3 +479,37 @@ async def test_a_lease_table_of_an_older_poller_gains_the_token_column_in_place(
         assert taken is not None and (await store.get("s", "x")) == taken
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+async def test_a_worker_starts_only_from_checkpoints_read_after_its_lease_was_taken(
+    stores: tuple[LeaseStore, LeaseStore],
+) -> None:
+    """Checkpoints read before a take may miss what the previous holder committed:
+    a load that began before the take (or before a take *again* after a loss)
+    is not one its worker may start from."""
+    a, b = stores
+    s = stream()
+    now = [10.0]
+    coordinator = LeaseCoordinator(s, a, "w", 3.0, clock=lambda: now[0], rng=random.Random(4))
+    coordinator.want({"x": ()}, {"x"})
+    load_before_take = now[0]
+    now[0] += 0.5
+    await coordinator.round()
+    assert coordinator.holding() == {"x"}
+    assert not coordinator.loaded_for("x", load_before_take)
+    now[0] += 0.5
+    assert coordinator.loaded_for("x", now[0])
+    load_of_first_tenure = now[0]
+
+    current = await b.get(s, "x")  # lost to another process, which commits, then lets go
+    assert current is not None
+    taken = await b.take(s, current, "other", new_token())
+    assert taken is not None and await b.release(s, taken)
+    now[0] += 1.0
+    await coordinator.round()  # the loss
+    now[0] += 1.0
+    await coordinator.round()  # taken again: a new tenure
+    assert coordinator.holding() == {"x"}
+    assert not coordinator.loaded_for("x", load_of_first_tenure)
+    assert coordinator.loaded_for("x", now[0])
