@@ -34,7 +34,13 @@ from poller.config import (
     StreamConfig,
 )
 from poller.operator.errors import OperatorError
-from poller.operator.failure_stores import ConcurrentReplay, FailureItem, FailureStore, failure_store
+from poller.operator.failure_stores import (
+    ConcurrentReplay,
+    FailureItem,
+    FailureStore,
+    Unreadable,
+    failure_store,
+)
 from poller.operator.stores import Store, failures_table, opened
 from poller.processing.failures import Unit
 from poller.processing.mapping import last_op_per_key
@@ -57,6 +63,7 @@ class ReplayReport:
     already: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id → the new error
     not_found: list[str] = field(default_factory=list)  # asked for, and not (or no longer) there
+    unreadable: list[Unreadable] = field(default_factory=list)  # failure-file lines that are no record
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +72,7 @@ class ReplayReport:
             "already_replayed": self.already,
             "failed_again": self.failed,
             "not_found": self.not_found,
+            "unreadable": [u.as_dict() for u in self.unreadable],
         }
 
 
@@ -205,6 +213,7 @@ async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = N
         failures = failure_store(cfg, Store(claims_store(sink)))
         try:
             items = await failures.items(limit, ids, hold=True)
+            report.unreadable = failures.unreadable
             if ids:
                 report.not_found = sorted(set(ids) - {i.id for i in items})
             replayer = Replayer(cfg, sink, failures)
