@@ -3,13 +3,15 @@ record replayed from it is replayed once, always.
 
 The file is written by the destination itself (`FileDest`, as the daemon's
 failure policy calls it) and read by the real `poller failures list | replay`,
-as an operator runs them, on an SQS stream into a SQLite file.
+as an operator runs them, on an SQS stream into a SQLite file (or through a
+handler keeping its bookkeeping in one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +29,8 @@ from poller.destinations import FileDest
 from poller.records import Failure
 from poller.sinks.factory import build_sink, checkpoint_store, failures_table_of
 from poller.sources.sqs import to_record
+from tests.handlers import journal
+from tests.support.daemon import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +38,8 @@ NAME = "ff_orders"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def stream_folder(tmp_path: Path, failure_file: Path) -> Path:
-    """An SQS stream into SQLite (append mode) whose failures go to `failure_file`."""
+def stream_folder(tmp_path: Path, failure_file: Path, sink: dict[str, Any] | None = None) -> Path:
+    """An SQS stream into SQLite (append mode, or `sink`) whose failures go to `failure_file`."""
     cfg: dict[str, Any] = {
         "name": NAME,
         "source": {
@@ -45,7 +49,7 @@ def stream_folder(tmp_path: Path, failure_file: Path) -> Path:
             "idempotency_retention_seconds": 60,
         },
         "on_failure": {"type": "file", "path": str(failure_file)},
-        "sink": {"type": "sqlite", "dsn": str(tmp_path / "rows.sqlite"), "table": NAME},
+        "sink": sink or {"type": "sqlite", "dsn": str(tmp_path / "rows.sqlite"), "table": NAME},
     }
     folder = tmp_path / "streams"
     folder.mkdir()
@@ -76,6 +80,23 @@ def listed(folder: Path) -> subprocess.CompletedProcess[str]:
 
 def replayed(folder: Path) -> dict[str, Any]:
     done = poller("failures", "--config", str(folder), "replay", "--stream", NAME, "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def replayed_through(folder: Path, env: dict[str, str]) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "poller",
+        "failures",
+        "--config",
+        str(folder),
+        "replay",
+        "--stream",
+        NAME,
+    ]
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 
@@ -126,6 +147,8 @@ def test_a_write_the_disk_refuses_leaves_the_file_as_it_was(tmp_path: Path) -> N
         from poller.destinations import FileDest
         from poller.records import Failure, TransientError
         from poller.sources.sqs import to_record
+from tests.handlers import journal
+from tests.support.daemon import wait_for
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 100}, resource.RLIM_INFINITY))
         record = to_record({{"MessageId": "m-big", "Body": "x" * 10_000}}, {NAME!r}, "", "us-east-1")
@@ -235,3 +258,73 @@ def test_the_purge_of_processed_ids_keeps_the_replay_marks(
         "replay:sqs:a-message-replayed-lately",
         "a-fresh-message-id",
     }
+
+
+def test_a_replay_through_a_handler_leaves_its_sqlite_store_writable_while_the_handler_runs(
+    tmp_path: Path,
+) -> None:
+    """A daemon on the same SQLite file goes on committing while the replayed record is in
+    the handler; a second replay started meanwhile waits, then delivers nothing."""
+    store = tmp_path / "checkpoints.sqlite"
+    path, log, gate = tmp_path / "failures.jsonl", tmp_path / "handled.jsonl", tmp_path / "gate"
+    sink = {
+        "type": "handler",
+        "handler": "tests.handlers.gated:wait_at_the_gate",
+        "code_path": str(ROOT),
+        "checkpoint_dsn": str(store),
+        "timeout_seconds": 300,
+    }
+    folder = stream_folder(tmp_path, path, sink)
+    send(path, failure("m-1", '{"id": "r1"}'))
+    env = {**os.environ, "HANDLER_LOG": str(log), "HANDLER_GATE": str(gate)}
+    command = [
+        sys.executable,
+        "-m",
+        "poller",
+        "failures",
+        "--config",
+        str(folder),
+        "replay",
+        "--stream",
+        NAME,
+    ]
+    command.append("--json")
+
+    def spawn() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
+
+    def started() -> int:
+        return sum(1 for e in journal.read(log) if "started" in e)
+
+    first = spawn()
+    try:
+        wait_for(lambda: started() == 1, 60, message="the handler started")
+        second = spawn()
+        try:
+            # What the daemon does at each commit. The handler holds the record until the
+            # gate opens, so a store still locked by the replay fails here after any wait:
+            # the generous timeout only rides out the second replay's short transactions.
+            with sqlite3.connect(store, timeout=30, isolation_level=None) as db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "INSERT INTO poller_processed (stream, message_id) VALUES (?, 'daemon-write')", (NAME,)
+                )
+                db.execute("COMMIT")
+            gate.touch()
+            out, err = first.communicate(timeout=120)
+            assert first.returncode == 0, err
+            assert json.loads(out)["replayed"] == ["1"]
+            out, err = second.communicate(timeout=120)
+            assert second.returncode == 0, err
+            assert json.loads(out)["replayed"] == []
+        finally:
+            second.kill()
+            second.wait()
+    finally:
+        gate.touch()
+        first.kill()
+        first.wait()
+    assert [e["handled"] for e in journal.read(log) if "handled" in e] == [["r1"]]
+    assert replayed_through(folder, env)["replayed"] == []
