@@ -15,6 +15,9 @@ Invariants of `append_lines`:
   streams of one process and between processes alike, so that a truncation
   after an error never cuts another writer's record.
 
+A path that is not a regular file (`/dev/stdout`, a pipe) is only written to:
+it has no last byte to read back, no size to truncate to.
+
 `read_lines` gives every line back with its number, parsed or not: a line that
 is not a JSON object (a torn line) is reported by its number, never skipped.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,9 @@ def append_lines(path: Path, lines: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, created = _open(path)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/stdout, a pipe: written, no more
+            _write_all(fd, lines)
+            return
         fcntl.flock(fd, fcntl.LOCK_EX)
         start = os.fstat(fd).st_size
         data = lines if start == 0 or os.pread(fd, 1, start - 1) == b"\n" else b"\n" + lines
