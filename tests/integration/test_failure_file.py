@@ -147,8 +147,6 @@ def test_a_write_the_disk_refuses_leaves_the_file_as_it_was(tmp_path: Path) -> N
         from poller.destinations import FileDest
         from poller.records import Failure, TransientError
         from poller.sources.sqs import to_record
-from tests.handlers import journal
-from tests.support.daemon import wait_for
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 100}, resource.RLIM_INFINITY))
         record = to_record({{"MessageId": "m-big", "Body": "x" * 10_000}}, {NAME!r}, "", "us-east-1")
