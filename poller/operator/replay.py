@@ -162,7 +162,9 @@ class Replayer:
         return any(u.ops for u in live)
 
     async def _commit(self, item: FailureItem, live: list[Unit]) -> bool:
-        """Claim the failure and write it, in one transaction; False if it was claimed already."""
+        """Claim the failure and write (or deliver) it, in one transaction — on SQLite, user
+        code in three steps instead (`_deliver_outside_the_write_lock`); False if it was
+        claimed already."""
         store = self.store
         if isinstance(self.sink, EventSink) and isinstance(store, SqliteSink):
             return await self._deliver_outside_the_write_lock(self.sink, store, item, live)
