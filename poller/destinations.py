@@ -11,20 +11,24 @@ a text column cannot hold, a body over the queue's `MaximumMessageSize`)
 never blocks the stream: the failure is stored in a form it accepts (base64
 payload; or, for a queue, a truncated body carrying the payload's size and
 SHA-256) and, where anything had to be left out, whole in the fallback file
-(`fallback_path`, JSON lines, fsynced), which the stored record names.
+(`fallback_path`, JSON lines), which the stored record names.
+
+The `file` destination and the fallback file are written by
+`failure_file.append_lines`: a record starts on a fresh line, a failed write
+leaves the file as it was, and what returns is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code
 from poller.config import FileDestination, OnFailure, SqsDestination, TableDestination
+from poller.failure_file import append_lines
 from poller.jsonenc import ascii_dumps
 from poller.observability import metrics
 from poller.observability.logging import get_logger
@@ -41,14 +45,6 @@ _CONTENT_CODES = {
     "MessageTooLong",
     "InvalidParameterValue",
 }
-
-
-def _append_lines(path: Path, lines: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(lines)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 class Destination:
@@ -73,7 +69,7 @@ class Destination:
         )
         async with self._fallback_lock:
             try:
-                await asyncio.to_thread(_append_lines, self.fallback_path, lines)
+                await asyncio.to_thread(append_lines, self.fallback_path, lines.encode("ascii"))
             except OSError as e:
                 raise TransientError(f"cannot write failure fallback file {self.fallback_path}: {e}") from e
         for f in failures:
@@ -122,7 +118,7 @@ class FileDest(Destination):
         lines = "".join(ascii_dumps(f.as_dict()) + "\n" for f in failures)
         async with self._lock:
             try:
-                await asyncio.to_thread(_append_lines, self.path, lines)
+                await asyncio.to_thread(append_lines, self.path, lines.encode("ascii"))
             except OSError as e:
                 raise TransientError(f"cannot write failure file {self.path}: {e}") from e
 

@@ -18,6 +18,13 @@ Invariants:
   written as the JSON it was, which `filters` reads as JSON (`filter_yaml`).
 - Lambda's position in the source is not imported: the stream starts at its
   `starting_position`, as a new mapping would.
+- Nothing a mapping holds can break out of where it is written: a value in a
+  YAML comment (or a note, or a message on stderr) is one line of printable
+  characters (`one_line`: line breaks of every kind — line feed, carriage
+  return, vertical tab, form feed, U+0085, U+2028, U+2029 — and control
+  characters written as escapes); values go
+  through the YAML emitter, patterns through `_json_text`. Should the text
+  still not parse, the mapping is refused in one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -141,10 +148,10 @@ class _Builder:
         return self.esm.get(name)
 
     def note(self, name: str, text: str) -> None:
-        self.notes.append(f"{name}: {text}")
+        self.notes.append(one_line(f"{name}: {text}"))
 
     def comment(self, section: str, text: str) -> None:
-        self.comments.setdefault(section, []).append(text)
+        self.comments.setdefault(section, []).append(text)  # made one line by `_comment`
 
     # -- the whole mapping -----------------------------------------------------------
 
@@ -494,10 +501,19 @@ class _Builder:
             raise EsmError(
                 "the stream file would not pass `poller check`: " + "; ".join(e.problems)
             ) from None
+        except yaml.YAMLError as e:  # a fault of this module's own writing, said in one line
+            raise EsmError(f"the stream file it would write is not valid YAML: {one_line(str(e))}") from None
+
+
+def one_line(text: str) -> str:
+    """`text` as one line of printable characters: every character Python does not
+    print (line breaks of any kind, control and format characters, non-ASCII spaces)
+    written as its escape, so that no value ends a YAML comment or a line of stderr."""
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
 
 
 def _comment(text: str) -> str:
-    lines = textwrap.wrap(text, 96, break_on_hyphens=False, break_long_words=False)
+    lines = textwrap.wrap(one_line(text), 96, break_on_hyphens=False, break_long_words=False)
     return "".join(f"# {line}\n" for line in lines)
 
 
@@ -521,7 +537,11 @@ def _json_text(value: Any) -> str:
 
 
 def _escape(m: re.Match[str]) -> str:
-    code = ord(m[0])
+    return _escape_char(m[0])
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
@@ -580,7 +600,7 @@ def run(path: str, dsn: str | None, table: str | None, out: str | None) -> int:
         try:
             imported = import_mapping(esm, dsn=dsn, table=table, taken=taken)
         except EsmError as e:
-            print(f"mapping {label}: not imported: {e}", file=sys.stderr)
+            print(one_line(f"mapping {label}: not imported: {e}"), file=sys.stderr)
             code = 2
             continue
         for note in imported.notes:

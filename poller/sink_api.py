@@ -24,6 +24,15 @@ from poller.fencing import CheckpointKeeper, Fence, Fenced, Tenure
 from poller.records import Checkpoint, Failure, Record
 from poller.rows import RowOp
 
+# Marks `poller failures replay` keeps among the processed ids (`<prefix><id>`).
+# A file line stays in its file for ever, so its mark does too: purged, the line
+# would be replayed again. A failure-queue message is deleted after its replay
+# commits; should that delete fail, the message comes back, but never after SQS's
+# longest retention (14 days from its sending, which came before the mark).
+FILE_REPLAY_MARK = "replay:file:"
+QUEUE_REPLAY_MARK = "replay:sqs:"
+QUEUE_REPLAY_MARK_SECONDS = 14 * 86_400
+
 
 @dataclass(slots=True)
 class MessageWrite:
@@ -82,6 +91,8 @@ class Sink(Protocol):
         return set()
 
     async def purge_processed(self, stream: str, older_than_seconds: float) -> int:
+        """Drop the processed ids older than that; never a file replay's mark, and a
+        queue replay's only after `QUEUE_REPLAY_MARK_SECONDS` (see below)."""
         return 0
 
     async def shard_taken(self, stream: str, shard_id: str, fence: Fence) -> None:

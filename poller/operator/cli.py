@@ -2,7 +2,9 @@
 
 Exit codes: 0 done; 1 the command could not do it (a store or the source
 unreachable, a stream with no checkpoints, ...), one line on stderr; 2 the
-stream files are invalid, as `poller check`.
+stream files are invalid, as `poller check`; 3 (`failures list | replay`) done,
+but the failure file has lines that are no failure record (a torn line of a
+crash), each named on stderr by its line number.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from poller.records import RecordError, TransientError
 from poller.redaction import redact
 
 COMMANDS = ("status", "checkpoints", "failures", "iam-policy")
+EXIT_UNREADABLE_LINES = 3
 
 
 def _moment(value: str) -> datetime:
@@ -177,9 +180,15 @@ async def _failures(args: argparse.Namespace) -> int:
 
     (cfg,) = _streams(args.config, args.stream)
     if args.action == "list":
-        items = await failures.listing(cfg, args.limit)
-        _print([i.summary() for i in items] if args.json else failures.listing_text(cfg.name, items))
-        return 0
-    report = await failures.replay(cfg, args.ids)
-    _print(report.as_dict() if args.json else failures.replay_text(cfg.name, report))
+        items, unreadable = await failures.listing(cfg, args.limit)
+        _print(
+            [i.summary() for i in items] if args.json else failures.listing_text(cfg.name, items, unreadable)
+        )
+    else:
+        report = await failures.replay(cfg, args.ids)
+        unreadable = report.unreadable
+        _print(report.as_dict() if args.json else failures.replay_text(cfg.name, report))
+    if unreadable:
+        print(redact(failures.unreadable_text(unreadable)), file=sys.stderr)
+        return EXIT_UNREADABLE_LINES
     return 0

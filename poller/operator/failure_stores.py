@@ -11,6 +11,11 @@ replay, or two at once, write nothing twice:
   `replay:sqs:<message id>`) goes into the processed-ids table in that
   transaction, as an SQS message id does; a queue message is deleted after the
   commit, and a file line stays (listings leave out the lines already replayed).
+  The purge of an SQS stream's processed ids never drops a file line's mark
+  (the line is there for ever), and a queue message's only after SQS's longest
+  retention (`sink_api.QUEUE_REPLAY_MARK_SECONDS`).
+- A file line that is no failure record (a torn line) is `unreadable`, named
+  by its line number, and never replayed.
 
 A record that fails again keeps its place with its new error: the row is
 updated; a file gets a new line and a queue a new message, the old one being
@@ -32,9 +37,11 @@ from urllib.parse import urlsplit
 from poller.aws import aws_client, classify_aws, region_of
 from poller.config import FileDestination, SqsDestination, StreamConfig, TableDestination
 from poller.destinations import FileDest, SqsDest
+from poller.failure_file import read_lines
 from poller.operator.errors import OperatorError
 from poller.operator.stores import Store, as_utc, failures_table
 from poller.records import Failure, RecordError, TransientError
+from poller.sink_api import FILE_REPLAY_MARK, QUEUE_REPLAY_MARK
 
 LIST_RECEIVE_CALLS = 20
 
@@ -109,8 +116,26 @@ def _from_document(doc: dict[str, Any], item_id: str) -> FailureItem:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A line of a failure file that is not a failure record (a torn line of a
+    crash): reported by its number, never skipped in silence, never replayed."""
+
+    path: str
+    line: int
+    error: str
+    excerpt: str
+
+    def text(self) -> str:
+        return f"{self.path}:{self.line}: {self.error}: {self.excerpt}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "line": self.line, "error": self.error, "excerpt": self.excerpt}
+
+
 class FailureStore(Protocol):
     kind: str
+    unreadable: list[Unreadable]  # what the last `items` or `count` could not read
 
     async def count(self) -> int | None: ...
 
@@ -141,6 +166,7 @@ class TableFailures:
         self.store = store
         self.stream = stream
         self.table = store.table(store.sink.failures_table)
+        self.unreadable: list[Unreadable] = []  # a row is always a record
 
     async def count(self) -> int | None:
         return await self.store.count_failures(self.stream)
@@ -275,24 +301,33 @@ class FileFailures(_ProcessedIdMarks):
         self.stream = stream
         self.path = Path(path)
         self._dest = FileDest(path)
+        self.unreadable: list[Unreadable] = []
 
     async def _all(self) -> list[FailureItem]:
         try:
-            lines = self.path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
+            lines = read_lines(self.path)
         except OSError as e:
             raise OperatorError(f"failure file {self.path}: {e.strerror}") from e
         items = []
-        for number, line in enumerate(lines, 1):
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue  # a torn last line of a crash
-            if not isinstance(doc, dict) or doc.get("stream") != self.stream:
+        self.unreadable = []
+        for line in lines:
+            if line.doc is None:
+                self.unreadable.append(Unreadable(str(self.path), line.number, line.error, line.excerpt()))
                 continue
-            item = _from_document(doc, str(number))
-            item.replay_id = f"replay:file:{hashlib.sha256(line).hexdigest()[:40]}"
+            stream = line.doc.get("stream")
+            if not isinstance(stream, str):
+                why = "not a failure record (no stream)"
+                self.unreadable.append(Unreadable(str(self.path), line.number, why, line.excerpt()))
+                continue
+            if stream != self.stream:
+                continue  # another stream's, in a file they share
+            try:
+                item = _from_document(line.doc, str(line.number))
+            except (TypeError, ValueError) as e:  # a field of the wrong type, a payload not base64
+                why = f"not a failure record ({type(e).__name__}: {e})"
+                self.unreadable.append(Unreadable(str(self.path), line.number, why, line.excerpt()))
+                continue
+            item.replay_id = f"{FILE_REPLAY_MARK}{hashlib.sha256(line.raw).hexdigest()[:40]}"
             items.append(item)
         return await self.pending(items)
 
@@ -337,6 +372,7 @@ class QueueFailures(_ProcessedIdMarks):
         self._client: Any = None
         self._context: Any = None
         self._dest = SqsDest(cfg)
+        self.unreadable: list[Unreadable] = []  # a body that is no record is another stream's
 
     async def _sqs(self) -> Any:
         if self._client is None:
@@ -403,7 +439,7 @@ class QueueFailures(_ProcessedIdMarks):
                     continue
                 assert isinstance(doc, dict)
                 item = _from_document(doc, m["MessageId"])
-                item.replay_id = f"replay:sqs:{m['MessageId']}"
+                item.replay_id = f"{QUEUE_REPLAY_MARK}{m['MessageId']}"
                 item.receipt = m["ReceiptHandle"]
                 items.append(item)
             if limit is not None and len(items) >= limit:

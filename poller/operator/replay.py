@@ -11,12 +11,18 @@ claimed with no rows. A transient error (the database down) stops the replay:
 what was replayed stays replayed, the rest can be replayed later.
 
 Handler and lambda sinks: the record is handed to user code as a one-record
-Lambda event *inside* the bookkeeping store's transaction that claims the
-failure, so a second replay, or one running at the same time (it waits on the
-claim), does not deliver it again; if user code fails (an exception, or the
-record named in `batchItemFailures`) the claim rolls back and the failure
-stays with its new error. Only a crash between user code's answer and the
-commit delivers it once more on the next replay: at least once, as Lambda.
+Lambda event while the failure's claim is held, so a second replay, or one
+running at the same time (it waits on the claim), does not deliver it again;
+if user code fails (an exception, or the record named in `batchItemFailures`)
+nothing is claimed and the failure stays with its new error. Only a crash
+between user code's answer and the claim's commit delivers it once more on the
+next replay: at least once, as Lambda. On PostgreSQL and MySQL the claim is the
+bookkeeping store's transaction itself, open while user code runs (its row
+locks stop no daemon). On SQLite, whose one write lock would stop a daemon on
+the same file for as long as the function runs, it is three steps under a file
+lock instead (`replay_lock`): a short transaction asks whether the failure is
+claimed, user code runs with no transaction open, a second short transaction
+claims it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ from poller.config import (
     StreamConfig,
 )
 from poller.operator.errors import OperatorError
-from poller.operator.failure_stores import ConcurrentReplay, FailureItem, FailureStore, failure_store
+from poller.operator.failure_stores import (
+    ConcurrentReplay,
+    FailureItem,
+    FailureStore,
+    Unreadable,
+    failure_store,
+)
+from poller.operator.replay_lock import replay_lock
 from poller.operator.stores import Store, failures_table, opened
 from poller.processing.failures import Unit
 from poller.processing.mapping import last_op_per_key
@@ -44,10 +57,13 @@ from poller.sink_api import Sink
 from poller.sinks.base import SqlSink
 from poller.sinks.factory import build_sink
 from poller.sinks.handler import EventSink
+from poller.sinks.sqlite import SqliteSink
 
 # Failures of the whole source record; any other names one decoded child of it
 # (by its sub-sequence), and only that child is written again.
 _WHOLE_RECORD = {"decode_error", "filter_error", "record_age"}
+# Waiting for another replay's lock: its delivery (the sink's timeout) and two short transactions.
+_LOCK_WAIT_MARGIN_SECONDS = 60
 
 
 @dataclass(slots=True)
@@ -57,6 +73,7 @@ class ReplayReport:
     already: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # id → the new error
     not_found: list[str] = field(default_factory=list)  # asked for, and not (or no longer) there
+    unreadable: list[Unreadable] = field(default_factory=list)  # failure-file lines that are no record
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +82,7 @@ class ReplayReport:
             "already_replayed": self.already,
             "failed_again": self.failed,
             "not_found": self.not_found,
+            "unreadable": [u.as_dict() for u in self.unreadable],
         }
 
 
@@ -144,8 +162,12 @@ class Replayer:
         return any(u.ops for u in live)
 
     async def _commit(self, item: FailureItem, live: list[Unit]) -> bool:
-        """Claim the failure and write it, in one transaction; False if it was claimed already."""
+        """Claim the failure and write (or deliver) it, in one transaction — on SQLite, user
+        code in three steps instead (`_deliver_outside_the_write_lock`); False if it was
+        claimed already."""
         store = self.store
+        if isinstance(self.sink, EventSink) and isinstance(store, SqliteSink):
+            return await self._deliver_outside_the_write_lock(self.sink, store, item, live)
         try:
             async with store.transaction() as conn:
                 if not await self.failures.claim(conn, item):
@@ -161,6 +183,39 @@ class Replayer:
             return False
         except Exception as e:
             raise store.classify(e) from e
+
+    async def _deliver_outside_the_write_lock(
+        self, sink: EventSink, store: SqliteSink, item: FailureItem, live: list[Unit]
+    ) -> bool:
+        """SQLite: is it claimed? (a short transaction), user code, the claim (another),
+        all under the replay lock rather than the store's write lock (`replay_lock`)."""
+        user_code = self.cfg.sink
+        assert isinstance(user_code, HandlerSinkConfig | LambdaSinkConfig)
+        wait = user_code.timeout_seconds + _LOCK_WAIT_MARGIN_SECONDS
+        async with replay_lock(store.path, wait):
+            if not await self._claim(item, keep=False):
+                return False
+            await self._deliver(sink, [u.source for u in live])
+            # Only a replay that does not take the lock could have claimed it meanwhile.
+            return await self._claim(item, keep=True)
+
+    async def _claim(self, item: FailureItem, keep: bool) -> bool:
+        """Claim the failure in a transaction of its own; `keep=False` rolls the claim
+        back (a question: would it be claimed?)."""
+        try:
+            async with self.store.transaction() as conn:
+                claimed = await self.failures.claim(conn, item)
+                if claimed and not keep:
+                    raise _Probed()
+                return claimed
+        except _Probed:
+            return True
+        except (TransientError, RecordError):
+            raise
+        except ConcurrentReplay:
+            return False
+        except Exception as e:
+            raise self.store.classify(e) from e
 
     async def _write(self, conn: Any, ops: list[Any]) -> None:
         final = last_op_per_key(ops)
@@ -205,6 +260,7 @@ async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = N
         failures = failure_store(cfg, Store(claims_store(sink)))
         try:
             items = await failures.items(limit, ids, hold=True)
+            report.unreadable = failures.unreadable
             if ids:
                 report.not_found = sorted(set(ids) - {i.id for i in items})
             replayer = Replayer(cfg, sink, failures)
@@ -213,6 +269,10 @@ async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = N
         finally:
             await failures.close()
     return report
+
+
+class _Probed(Exception):
+    """Rolls back a claim made only to ask whether it could be."""
 
 
 def claims_store(sink: Sink) -> SqlSink:

@@ -18,6 +18,7 @@ import pymysql
 from poller import dsn as dsn_rules
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.rows import RowShape
+from poller.sink_api import FILE_REPLAY_MARK, QUEUE_REPLAY_MARK, QUEUE_REPLAY_MARK_SECONDS
 from poller.sinks import ddl, errors
 from poller.sinks.base import LeaseRow, SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import Converter, column_converter
@@ -432,8 +433,16 @@ class MysqlSink(SqlSink):
             async with self.transaction() as cur:
                 n = await cur.execute(
                     f"DELETE FROM {q(self.processed_table)} WHERE stream = %s "
-                    f"AND processed_at < CURRENT_TIMESTAMP(6) - INTERVAL %s SECOND",
-                    (stream, int(older_than_seconds)),
+                    f"AND processed_at < CURRENT_TIMESTAMP(6) - INTERVAL %s SECOND "
+                    f"AND message_id NOT LIKE %s AND (message_id NOT LIKE %s "
+                    f"OR processed_at < CURRENT_TIMESTAMP(6) - INTERVAL %s SECOND)",
+                    (
+                        stream,
+                        int(older_than_seconds),
+                        FILE_REPLAY_MARK + "%",
+                        QUEUE_REPLAY_MARK + "%",
+                        int(max(older_than_seconds, QUEUE_REPLAY_MARK_SECONDS)),
+                    ),
                 )
         except Exception as e:
             raise classify(e) from e

@@ -20,6 +20,7 @@ import asyncpg
 from poller import dsn as dsn_rules
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.rows import RowShape
+from poller.sink_api import FILE_REPLAY_MARK, QUEUE_REPLAY_MARK, QUEUE_REPLAY_MARK_SECONDS
 from poller.sinks import ddl, errors
 from poller.sinks.base import LeaseRow, SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import column_converter
@@ -317,9 +318,13 @@ class PostgresSink(SqlSink):
             assert self.pool is not None
             status = await self.pool.execute(
                 f"DELETE FROM {q(self.processed_table)} WHERE stream = $1 "
-                f"AND processed_at < now() - make_interval(secs => $2)",
+                f"AND processed_at < now() - make_interval(secs => $2) AND message_id NOT LIKE $3 "
+                f"AND (message_id NOT LIKE $4 OR processed_at < now() - make_interval(secs => $5))",
                 stream,
                 float(older_than_seconds),
+                FILE_REPLAY_MARK + "%",
+                QUEUE_REPLAY_MARK + "%",
+                float(max(older_than_seconds, QUEUE_REPLAY_MARK_SECONDS)),
             )
         except Exception as e:
             raise classify(e) from e

@@ -15,6 +15,7 @@ import aiosqlite
 
 from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
 from poller.rows import RowShape
+from poller.sink_api import FILE_REPLAY_MARK, QUEUE_REPLAY_MARK, QUEUE_REPLAY_MARK_SECONDS
 from poller.sinks import ddl, errors
 from poller.sinks.base import LeaseRow, SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import column_converter
@@ -239,8 +240,15 @@ class SqliteSink(SqlSink):
         async with self.transaction() as db:
             cur = await db.execute(
                 f"DELETE FROM {q(self.processed_table)} WHERE stream = ? "
-                f"AND processed_at < datetime('now', ?)",
-                (stream, f"-{int(older_than_seconds)} seconds"),
+                f"AND processed_at < datetime('now', ?) AND message_id NOT LIKE ? "
+                f"AND (message_id NOT LIKE ? OR processed_at < datetime('now', ?))",
+                (
+                    stream,
+                    f"-{int(older_than_seconds)} seconds",
+                    FILE_REPLAY_MARK + "%",
+                    QUEUE_REPLAY_MARK + "%",
+                    f"-{int(max(older_than_seconds, QUEUE_REPLAY_MARK_SECONDS))} seconds",
+                ),
             )
             return int(cur.rowcount or 0)
 

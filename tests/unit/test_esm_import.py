@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from poller import esm_import
 from poller.cli import main
 from poller.config import StreamConfig, load_path
 
@@ -355,3 +357,73 @@ def test_an_epoch_timestamp_and_unique_names_in_a_listing(tmp_path: Path) -> Non
     assert len(names[0]) <= 64 and names[0].startswith("lambda-stream-fff")
     at = {s.source.starting_timestamp for s in streams if s.source.type == "kinesis"}  # type: ignore[union-attr]
     assert datetime(2024, 5, 1, tzinfo=UTC) in at
+
+
+# -- nothing a field holds breaks out of the file ---------------------------------------------
+
+LINE_BREAKS = ["\n", "\r", "\v", "\f", "\x85", "\u2028", "\u2029", "\x00", "\x1b"]
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS, ids=[f"U+{ord(b):04X}" for b in LINE_BREAKS])
+@pytest.mark.parametrize("dsn", [False, True], ids=["lambda", "dsn"])
+@pytest.mark.parametrize("field", ["FunctionArn", "EventSourceMappingArn", "UUID"])
+def test_a_line_break_in_a_field_adds_no_key_to_the_file(
+    tmp_path: Path, field: str, brk: str, dsn: bool
+) -> None:
+    """`decode: none #` after the break would be a key of its own (and pass `poller check`)
+    were the value written as it is; the file has the keys a clean mapping gives, and
+    stderr (where `--dsn` names the function not invoked) no line the field made."""
+    clean = esm("kinesis")
+    if field == "UUID":
+        del clean["EventSourceMappingArn"]  # the UUID names the mapping in the file's first comment
+    mapping = clean | {field: f"{clean[field]}{brk}decode: none #"}
+    (tmp_path / "esm.json").write_text(json.dumps(mapping))
+    (tmp_path / "clean.json").write_text(json.dumps(clean))
+    to_db = ["--dsn", "postgresql://app@db.internal:5432/app", "--table", "events"] if dsn else []
+
+    code, _, err = run(str(tmp_path / "esm.json"), "--out", str(tmp_path / "imported"), *to_db)
+    assert code == 0, err
+    code, _, clean_err = run(str(tmp_path / "clean.json"), "--out", str(tmp_path / "clean"), *to_db)
+    assert code == 0, clean_err
+    assert len(err.splitlines()) == len(clean_err.splitlines())
+    assert all(line.isprintable() for line in err.splitlines())
+    (written,) = (tmp_path / "imported").iterdir()
+    (expected,) = (tmp_path / "clean").iterdir()
+    assert list(yaml.safe_load(written.read_text())) == list(yaml.safe_load(expected.read_text()))
+    (stream,) = load_path(written)  # as `poller check` reads it
+    assert stream.decoders == load_path(expected)[0].decoders  # the default, not a value from the field
+    if brk == "\u2028" and not dsn:  # the real command too, once for each field
+        checked = poller_check(tmp_path / "imported")
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_a_field_that_would_make_the_yaml_unreadable_is_no_traceback(tmp_path: Path) -> None:
+    """A break then a flow map then text: written as it is, the file would not parse."""
+    mapping = esm("kinesis") | {"EventSourceMappingArn": "arn:x\u2028limits: {}"}
+    (tmp_path / "esm.json").write_text(json.dumps(mapping))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "poller",
+            "import-esm",
+            str(tmp_path / "esm.json"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    (written,) = (tmp_path / "out").iterdir()
+    assert "limits" not in yaml.safe_load(written.read_text())
+
+
+def test_unreadable_yaml_of_its_own_is_refused_in_one_line() -> None:
+    """The last guard, should the writing ever go wrong: a message, not a parser traceback."""
+    builder = esm_import._Builder(esm("kinesis"), None, None, {})
+    with pytest.raises(esm_import.EsmError) as refused:
+        builder._check("s", "name: s\nsource: {type: [\n")
+    assert "not valid YAML" in str(refused.value) and "\n" not in str(refused.value)
