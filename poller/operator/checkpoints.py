@@ -23,9 +23,12 @@ With `coordination:` the rows are where the workers keep them (the sink's
 database, or the DynamoDB lease table: `lease_table`), and a rewind is
 refused while a worker holds a live lease on what it rewrites (the stream, or
 the shard and its descendants) unless forced: a running worker keeps its place
-in memory and overwrites its shards' rows with its next commits. The rewind
-also opens again the ended leases of the shards it makes unfinished (no worker
-takes an ended lease).
+in memory and overwrites its shards' rows with its next commits. Without it, a
+rewind is refused while a daemon is live on the stream. Both are decided
+where a take or a daemon cannot slip in between check and write (`guard`).
+The rewind also opens again the ended leases of the shards it makes
+unfinished (no worker takes an ended lease). Every row it replaces is
+returned as it was (`Change.old`), so that it can be undone.
 """
 
 from __future__ import annotations
