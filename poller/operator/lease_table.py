@@ -10,6 +10,12 @@ here without a lease, as it rewrites `poller_checkpoints` without one:
   (counter 0, open) if missing: the coordinator must find a lease there, not a
   bare item its create-if-absent would refuse;
 - rows of their own (`#start`) are whole items, put or deleted;
+- all of it is one `TransactWriteItems` (`TRANSACTION_ITEMS` writes at a
+  time), each shard item's update conditional on the lease counter the
+  rewind's check saw (or on no lease), and a `ConditionCheck` on every other
+  lease in scope: a lease taken, renewed or released since fails the whole
+  transaction (unless forced) rather than let a worker read the rows it
+  replaces;
 - a lease marked ended whose shard the rewind makes unfinished is opened again
   (owner cleared, counter moved on, conditional on the counter as read), after
   the checkpoints are written: no worker takes an ended lease, so without this
