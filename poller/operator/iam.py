@@ -10,7 +10,8 @@ Each part of a stream names the actions it really calls, on the ARNs it names:
 | sqs source | ReceiveMessage, DeleteMessage, ChangeMessageVisibility, GetQueueAttributes | the queue |
 | sqs on_failure | SendMessage, GetQueueAttributes | the failure queue |
 | lambda sink | InvokeFunction | the function (with its qualifier) |
-| lease_store dynamodb | DescribeTable, CreateTable, Query, Get/Put/Update/DeleteItem, ConditionCheckItem | the lease table |
+| lease_store dynamodb | DescribeTable, CreateTable, Query, Get/Put/Update/DeleteItem, | the lease table |
+|  | ConditionCheckItem | |
 
 Batch calls are authorised by their single action (DeleteMessageBatch by
 sqs:DeleteMessage, SendMessageBatch by sqs:SendMessage); a rewind's
