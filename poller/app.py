@@ -24,6 +24,7 @@ from poller.processing.pipeline import Preparer
 from poller.records import TransientError
 from poller.retry import Backoff, sleep_unless
 from poller.sink_api import Sink
+from poller.sinks.daemons import announced
 from poller.sinks.factory import build_sink, failures_table_of
 
 log = get_logger()
@@ -80,7 +81,8 @@ class StreamRunner:
             await destination.open()
             preparer = Preparer(cfg, sink)
             source = self._source(sink, destination, preparer)
-            await source.run(stop)
+            async with announced(sink, self.name):  # what the operator commands see as running
+                await source.run(stop)
         finally:
             self.source_ready = False
             self._publish()

@@ -23,9 +23,12 @@ With `coordination:` the rows are where the workers keep them (the sink's
 database, or the DynamoDB lease table: `lease_table`), and a rewind is
 refused while a worker holds a live lease on what it rewrites (the stream, or
 the shard and its descendants) unless forced: a running worker keeps its place
-in memory and overwrites its shards' rows with its next commits. The rewind
-also opens again the ended leases of the shards it makes unfinished (no worker
-takes an ended lease).
+in memory and overwrites its shards' rows with its next commits. Without it, a
+rewind is refused while a daemon is live on the stream. Both are decided
+where a take or a daemon cannot slip in between check and write (`guard`).
+The rewind also opens again the ended leases of the shards it makes
+unfinished (no worker takes an ended lease). Every row it replaces is
+returned as it was (`Change.old`), so that it can be undone.
 """
 
 from __future__ import annotations
@@ -33,14 +36,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from poller.config import DynamoDBSource, ShardSourceCommon, SqsSource, StreamConfig
-from poller.coordination.lease import Lease
-from poller.operator import leases
 from poller.operator.errors import OperatorError
+from poller.operator.guard import Guard
 from poller.operator.lease_table import keeps_checkpoints, open_lease_table
 from poller.operator.render import table
 from poller.operator.sources import first_unread, last_record, moment, shard_api
@@ -63,15 +65,27 @@ class Target:
 
 @dataclass(slots=True)
 class Change:
+    """One row a rewind replaces: its stored position before and after (None: no row)."""
+
     shard_id: str
-    was: str
-    now: str
+    old: Checkpoint | None
+    new: Checkpoint | None
+    note: str = ""  # what a row that goes means, when `new` is None
+
+    @property
+    def was(self) -> str:
+        return _describe(self.old)
+
+    @property
+    def now(self) -> str:
+        return self.note if self.new is None and self.note else _describe(self.new)
 
 
 @dataclass(slots=True)
 class Rewound:
     changes: list[Change]
-    forced_over: list[leases.LeaseView] = field(default_factory=list)  # live leases (--force)
+    guard: Guard  # what --force wrote over
+    dry_run: bool = False
 
 
 class CheckpointRows(Protocol):
@@ -81,7 +95,7 @@ class CheckpointRows(Protocol):
     async def checkpoint_rows(self, stream: str) -> dict[str, CheckpointRow]: ...
 
     async def rewrite(
-        self, stream: str, drop: list[str], new: list[Checkpoint], reopen: list[Lease]
+        self, stream: str, drop: list[str], new: list[Checkpoint], guard: Guard, *, dry_run: bool = False
     ) -> None: ...
 
 
@@ -184,10 +198,17 @@ def _moment(cfg: StreamConfig, target: Target) -> datetime:
 
 
 async def rewind(
-    cfg: StreamConfig, target: Target, shard: str | None = None, *, force: bool = False
+    cfg: StreamConfig,
+    target: Target,
+    shard: str | None = None,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> Rewound:
-    """Rewrite the stream's checkpoint rows; returns what changed. Refused (unless
-    `force`) while a worker holds a live lease on a shard it rewrites."""
+    """Rewrite the stream's checkpoint rows; returns what changed (`dry_run`: what would,
+    with nothing written). Refused (unless `force`) while a worker holds a live lease on
+    a shard it rewrites or, without `coordination:`, while a daemon is live on the
+    stream: checked where no take or start can slip in between (`guard`)."""
     _no_checkpoints(cfg)
     async with open_checkpoints(cfg) as store:
         rows = await store.checkpoint_rows(cfg.name)
@@ -195,20 +216,27 @@ async def rewind(
         if shard is None:
             since = _moment(cfg, target)
             drop, new = list(rows), [start_row(cfg.name, since)]
+            changes = [
+                Change(row_id, rows[row_id].checkpoint, None, "read again from the start below")
+                for row_id in sorted(rows)
+                if row_id not in (START_ID, SNAPSHOT_ID)
+            ]
             was = rows.get(START_ID)
-            changes = [Change("(every shard)", f"{len(rows)} row(s)", f"start at {since.isoformat()}")] + (
-                [Change(START_ID, _describe(was.checkpoint), _describe(new[0]))] if was else []
-            )
+            changes.append(Change(START_ID, was.checkpoint if was else None, new[0]))
             if isinstance(cfg.source, DynamoDBSource) and cfg.source.snapshot.mode != "none":
                 # The snapshot brings the table up to date: the stream resumes where it began.
+                snapshot = rows.get(SNAPSHOT_ID)
                 changes.append(
                     Change(
                         SNAPSHOT_ID,
-                        "present" if SNAPSHOT_ID in rows else "(no row)",
+                        snapshot.checkpoint if snapshot else None,
+                        None,
                         "a new snapshot at the next start; the stream then resumes where it begins, "
                         "not at the moment above",
                     )
                 )
+            elif SNAPSHOT_ID in rows:
+                changes.append(Change(SNAPSHOT_ID, rows[SNAPSHOT_ID].checkpoint, None, "(no row)"))
         else:
             async with shard_api(cfg) as api:
                 listed = {s.shard_id: s for s in await api.list_shards()}
@@ -218,42 +246,17 @@ async def rewind(
             drop = [cid for cid in rows if (parse_lane_id(cid) or (cid,))[0] in plan]
             new = [c for c in plan.values() if c is not None]
             changes = [
-                Change(sid, _describe(rows[sid].checkpoint) if sid in rows else "(no row)", _describe(c))
-                for sid, c in plan.items()
+                Change(sid, rows[sid].checkpoint if sid in rows else None, c) for sid, c in plan.items()
             ]
-        forced_over, reopen = await _leases(cfg, plan, force)
-        await store.rewrite(cfg.name, drop, new, reopen)
-    return Rewound(changes, forced_over)
-
-
-async def _leases(
-    cfg: StreamConfig, plan: dict[str, Checkpoint | None] | None, force: bool
-) -> tuple[list[leases.LeaseView], list[Lease]]:
-    """The live leases on what the rewind rewrites (refused unless `force`), and the
-    ended leases of the shards it makes unfinished (to open again)."""
-    if cfg.coordination is None:
-        return [], []
-    views = await leases.observe(cfg, plan, first_held=not force, watch=not force)
-    held = [v for v in views.values() if v.state == "held" and (plan is None or v.shard_id in plan)]
-    if held and not force:
-        raise OperatorError(leases.refusal(cfg.name, held))
-    reopen = [
-        Lease(v.shard_id, None, v.counter, ended=True)
-        for v in views.values()
-        if v.state == "ended" and _unfinished(plan, v.shard_id)
-    ]
-    return held, reopen
-
-
-def _unfinished(plan: dict[str, Checkpoint | None] | None, shard_id: str) -> bool:
-    """Read again after the rewind: every shard of a whole-stream rewind (no tombstone is
-    left), a planned shard whose new row is not SHARD_END."""
-    if plan is None:
-        return True
-    if shard_id not in plan:
-        return False
-    row = plan[shard_id]
-    return row is None or row.state != ShardState.SHARD_END
+            # A lane's row goes with its shard's: said, so that it can be put back too.
+            changes += [
+                Change(cid, rows[cid].checkpoint, None, "read again from its shard's row")
+                for cid in sorted(drop)
+                if cid not in plan
+            ]
+        guard = Guard(cfg, plan, force)
+        await store.rewrite(cfg.name, drop, new, guard, dry_run=dry_run)
+    return Rewound(changes, guard, dry_run)
 
 
 async def _plan(
@@ -311,19 +314,31 @@ async def _at_end(
     return row.checkpoint if row is not None else None
 
 
-def rewind_text(name: str, changes: list[Change]) -> str:
-    rows = [[c.shard_id, c.was, c.now] for c in changes]
-    return f"stream {name}: rewound; takes effect when the stream next starts\n" + table(
-        ["SHARD", "WAS", "NOW"], rows, "  "
-    )
+def position(c: Checkpoint | None) -> str:
+    """A stored row exactly, as `checkpoints show` has it: SEQUENCE/SUB STATE."""
+    if c is None:
+        return "(no row)"
+    return f"{c.sequence_number or '-'}/{c.sub_sequence} {c.state}"
 
 
-def forced_text(name: str, held: list[leases.LeaseView]) -> str:
-    """The warning of a rewind forced over live leases (stderr)."""
-    owners = ", ".join(sorted({repr(v.owner) for v in held}))
-    return (
-        f"warning: {name}: written while worker(s) {owners} held the lease of {len(held)} "
-        "shard(s): a worker still running keeps reading from where it is and overwrites a "
-        "shard's checkpoint at its next commit; the rewind holds for the shards none commits "
-        "to before the stream restarts"
+def rewind_text(name: str, rewound: Rewound) -> str:
+    rows = [[c.shard_id, position(c.old), c.now] for c in rewound.changes]
+    head = (
+        f"stream {name}: dry run, nothing written; a rewind would replace these rows"
+        if rewound.dry_run
+        else f"stream {name}: rewound; takes effect when the stream next starts. It replaced these rows"
     )
+    return f"{head} (WAS: sequence number/sub-sequence state):\n" + table(["ROW", "WAS", "NOW"], rows, "  ")
+
+
+def rewind_json(rewound: Rewound) -> list[dict[str, object]]:
+    return [
+        {"shard_id": c.shard_id, "was": c.was, "now": c.now, "old": _stored(c.old), "new": _stored(c.new)}
+        for c in rewound.changes
+    ]
+
+
+def _stored(c: Checkpoint | None) -> dict[str, object] | None:
+    if c is None:
+        return None
+    return {"sequence_number": c.sequence_number, "sub_sequence": c.sub_sequence, "state": str(c.state)}

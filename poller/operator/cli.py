@@ -61,9 +61,11 @@ def add_parsers(sub: Any) -> None:
     rewind.add_argument(
         "--force",
         action="store_true",
-        help="write it even while a worker holds a live lease on those shards (a worker still "
-        "running overwrites a shard's checkpoint at its next commit)",
+        help="write it even while a worker holds a live lease on those shards, or (without "
+        "coordination) a daemon runs the stream: a running one overwrites a shard's checkpoint "
+        "at its next commit",
     )
+    rewind.add_argument("--dry-run", action="store_true", help="print what it would replace; write nothing")
     rewind.add_argument("--json", action="store_true")
 
     failures = sub.add_parser("failures", help="list or replay what is in a stream's failure destination")
@@ -76,6 +78,11 @@ def add_parsers(sub: Any) -> None:
     replay = what.add_parser("replay", help="back through decode, filter, map and sink, exactly once")
     replay.add_argument("--stream", required=True)
     replay.add_argument("--id", nargs="+", dest="ids", metavar="ID", help="only these (default: all)")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="replay even while a daemon runs the stream (without coordination)",
+    )
     replay.add_argument("--json", action="store_true")
 
     iam = sub.add_parser("iam-policy", help="least-privilege IAM policy JSON for these streams")
@@ -165,14 +172,18 @@ async def _checkpoints(args: argparse.Namespace) -> int:
         target = checkpoints.Target("timestamp", args.to_timestamp)
     else:
         target = checkpoints.Target("trim_horizon" if args.trim_horizon else "latest")
-    rewound = await checkpoints.rewind(cfg, target, args.shard, force=args.force)
-    if rewound.forced_over:
-        print(redact(checkpoints.forced_text(cfg.name, rewound.forced_over)), file=sys.stderr)
-    if args.json:
-        _print([{"shard_id": c.shard_id, "was": c.was, "now": c.now} for c in rewound.changes])
-    else:
-        _print(checkpoints.rewind_text(cfg.name, rewound.changes))
+    rewound = await checkpoints.rewind(cfg, target, args.shard, force=args.force, dry_run=args.dry_run)
+    _warn_forced(cfg.name, rewound.guard)
+    _print(checkpoints.rewind_json(rewound) if args.json else checkpoints.rewind_text(cfg.name, rewound))
     return 0
+
+
+def _warn_forced(name: str, guard: Any) -> None:
+    from poller.operator.guard import forced_text
+
+    warning = forced_text(name, guard) if guard is not None else None
+    if warning:
+        print(redact(warning), file=sys.stderr)
 
 
 async def _failures(args: argparse.Namespace) -> int:
@@ -185,7 +196,8 @@ async def _failures(args: argparse.Namespace) -> int:
             [i.summary() for i in items] if args.json else failures.listing_text(cfg.name, items, unreadable)
         )
     else:
-        report = await failures.replay(cfg, args.ids)
+        report = await failures.replay(cfg, args.ids, force=args.force)
+        _warn_forced(cfg.name, report.guard)
         unreadable = report.unreadable
         _print(report.as_dict() if args.json else failures.replay_text(cfg.name, report))
     if unreadable:

@@ -10,10 +10,14 @@ Each part of a stream names the actions it really calls, on the ARNs it names:
 | sqs source | ReceiveMessage, DeleteMessage, ChangeMessageVisibility, GetQueueAttributes | the queue |
 | sqs on_failure | SendMessage, GetQueueAttributes | the failure queue |
 | lambda sink | InvokeFunction | the function (with its qualifier) |
-| lease_store dynamodb | DescribeTable, CreateTable, Query, Get/Put/Update/DeleteItem | the lease table |
+| lease_store dynamodb | DescribeTable, CreateTable, Query, Get/Put/Update/DeleteItem, | the lease table |
+|  | ConditionCheckItem | |
 
 Batch calls are authorised by their single action (DeleteMessageBatch by
-sqs:DeleteMessage, SendMessageBatch by sqs:SendMessage), DynamoDB Streams'
+sqs:DeleteMessage, SendMessageBatch by sqs:SendMessage); a rewind's
+TransactWriteItems by the actions of its items (Put/Update/DeleteItem,
+ConditionCheckItem: all granted on the lease table; `iam_action` counts it
+as UpdateItem). DynamoDB Streams'
 calls are `dynamodb:` actions, and Lambda's Invoke is `lambda:InvokeFunction`
 (`iam_action`). The region and account come from the ARN or queue URL, else
 the configured region, else `*`. KMS is an option (`--kms-key`): kms:Decrypt
@@ -41,13 +45,23 @@ DYNAMODB_STREAM_READ = ("DescribeStream", "GetShardIterator", "GetRecords")
 SQS_CONSUME = ("ReceiveMessage", "DeleteMessage", "ChangeMessageVisibility", "GetQueueAttributes")
 SQS_SEND = ("SendMessage", "GetQueueAttributes")
 # What `coordination/dynamodb_store.py` calls on its table (the operator commands: a subset).
-LEASE_TABLE = ("DescribeTable", "CreateTable", "Query", "GetItem", "PutItem", "UpdateItem", "DeleteItem")
+LEASE_TABLE = (
+    "DescribeTable",
+    "CreateTable",
+    "Query",
+    "GetItem",
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "ConditionCheckItem",
+)
 
 _SINGLE = {
     "SendMessageBatch": "SendMessage",
     "DeleteMessageBatch": "DeleteMessage",
     "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
     "Invoke": "InvokeFunction",
+    "TransactWriteItems": "UpdateItem",
 }
 _PREFIX = {"dynamodbstreams": "dynamodb", "streams.dynamodb": "dynamodb"}
 

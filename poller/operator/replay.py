@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from poller.config import (
     DynamoDBSource,
@@ -47,6 +47,7 @@ from poller.operator.failure_stores import (
     Unreadable,
     failure_store,
 )
+from poller.operator.guard import Guard
 from poller.operator.replay_lock import replay_lock
 from poller.operator.stores import Store, failures_table, opened
 from poller.processing.failures import Unit
@@ -55,6 +56,7 @@ from poller.processing.pipeline import Preparer
 from poller.records import KINESIS, Failure, Record, RecordError, TransientError, describe_error
 from poller.sink_api import Sink
 from poller.sinks.base import SqlSink
+from poller.sinks.daemons import bookkeeping_store
 from poller.sinks.factory import build_sink
 from poller.sinks.handler import EventSink
 from poller.sinks.sqlite import SqliteSink
@@ -74,6 +76,7 @@ class ReplayReport:
     failed: dict[str, str] = field(default_factory=dict)  # id → the new error
     not_found: list[str] = field(default_factory=list)  # asked for, and not (or no longer) there
     unreadable: list[Unreadable] = field(default_factory=list)  # failure-file lines that are no record
+    guard: Guard | None = None  # what --force replayed over
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -254,10 +257,19 @@ class Replayer:
         report.failed[item.id] = message
 
 
-async def replay(cfg: StreamConfig, ids: list[str] | None, limit: int | None = None) -> ReplayReport:
+async def replay(
+    cfg: StreamConfig, ids: list[str] | None, limit: int | None = None, *, force: bool = False
+) -> ReplayReport:
+    """Refused (unless `force`) while a daemon without `coordination:` runs the stream:
+    it writes the same keys meanwhile, and a record replayed under it can land after
+    a newer change of its key."""
     report = ReplayReport()
     async with opened(cfg.name, _open_target(cfg), "the sink") as sink:
-        failures = failure_store(cfg, Store(claims_store(sink)))
+        store = Store(claims_store(sink))
+        if cfg.coordination is None:
+            report.guard = Guard(cfg, None, force)
+            report.guard.daemons(await store.live_daemons(cfg.name), "not replayed")
+        failures = failure_store(cfg, store)
         try:
             items = await failures.items(limit, ids, hold=True)
             report.unreadable = failures.unreadable
@@ -277,7 +289,9 @@ class _Probed(Exception):
 
 def claims_store(sink: Sink) -> SqlSink:
     """Where a failure is claimed: the sink's own database, or user code's bookkeeping store."""
-    return sink.store if isinstance(sink, EventSink) else cast(SqlSink, sink)
+    store = bookkeeping_store(sink)
+    assert store is not None, "every sink a replay opens keeps its bookkeeping in SQL"
+    return store
 
 
 def _open_target(cfg: StreamConfig) -> Sink:

@@ -3,10 +3,10 @@
 The store is the sink's own database for the SQL sinks and the checkpoint
 store for handler and lambda sinks, opened in bookkeeping-only mode (no target
 table), so a command works before the target table exists and never needs the
-mapping. SQL here is written once with `?` placeholders and each dialect gets
-its own (`$n`, `%s`); table names are quoted by the dialect's rules. A
+mapping. SQL here is written once with `?` placeholders (`PlainSql`). A
 rewind's rows and the ended leases it opens again (`poller_leases`, same
-database) change in one transaction.
+database) change in one transaction, which also holds the stream's lease rows
+locked while it decides whether it may write (`rewrite`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from poller.config import (
     HandlerSinkConfig,
@@ -32,9 +32,19 @@ from poller.records import Checkpoint, RecordError, TransientError
 from poller.sink_api import Sink
 from poller.sinks import ddl
 from poller.sinks.base import SqlSink, checkpoints_from_rows
+from poller.sinks.daemons import DaemonRow, Daemons
 from poller.sinks.factory import checkpoint_store, failures_table_of
+from poller.sinks.plain_sql import PlainSql
+
+if TYPE_CHECKING:
+    from poller.operator.guard import Guard
 
 S = TypeVar("S", bound=Sink)
+LOCK_WAIT_SECONDS = 30
+
+
+class _NotWritten(Exception):
+    """A dry run's way out of its transaction: everything it did rolls back."""
 
 
 def failures_table(cfg: StreamConfig) -> str | None:
@@ -58,48 +68,12 @@ class CheckpointRow:
     updated_at: datetime | None
 
 
-class Store:
+class Store(PlainSql):
     """SQL on a sink's connection; `conn` is what the sink's `transaction()` yields."""
 
     def __init__(self, sink: SqlSink):
+        super().__init__(sink.kind)
         self.sink = sink
-        self.kind = sink.kind
-
-    def table(self, name: str) -> str:
-        if self.kind == "mysql":
-            # Always run with arguments, so PyMySQL %-formats the statement.
-            return ddl.percent_escaped(ddl.quote_ident(name, "`"))
-        return ddl.quote_ident(name)
-
-    def _sql(self, sql: str) -> str:
-        if self.kind == "postgres":
-            parts = sql.split("?")
-            return parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], 1))
-        if self.kind == "mysql":
-            return sql.replace("?", "%s")
-        return sql
-
-    async def fetch(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        sql = self._sql(sql)
-        if self.kind == "postgres":
-            return [tuple(r) for r in await conn.fetch(sql, *args)]
-        if self.kind == "mysql":
-            await conn.execute(sql, args)
-            return [tuple(r) for r in await conn.fetchall()]
-        async with conn.execute(sql, args) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
-
-    async def execute(self, conn: Any, sql: str, *args: Any) -> int:
-        """Rows changed."""
-        sql = self._sql(sql)
-        if self.kind == "postgres":
-            status = await conn.execute(sql, *args)
-            last = str(status).split()[-1] if status else "0"
-            return int(last) if last.isdigit() else 0
-        if self.kind == "mysql":
-            return int(await conn.execute(sql, args) or 0)
-        async with conn.execute(sql, args) as cur:
-            return int(cur.rowcount)
 
     async def read(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         try:
@@ -121,14 +95,27 @@ class Store:
         checkpoints = checkpoints_from_rows(stream, [r[:5] for r in rows])
         return {r[0]: CheckpointRow(checkpoints[r[0]], as_utc(r[5])) for r in rows}
 
-    async def rewrite(self, stream: str, drop: list[str], new: list[Checkpoint], reopen: list[Lease]) -> None:
-        """In one transaction: drop these checkpoint rows, write these, and open these
-        ended leases again (each conditional on its counter as read, and moved on)."""
+    async def rewrite(
+        self, stream: str, drop: list[str], new: list[Checkpoint], guard: Guard, *, dry_run: bool = False
+    ) -> None:
+        """In one transaction: with `coordination:`, lock the stream's lease rows and let
+        `guard` judge them (a take waits for this transaction); drop these checkpoint
+        rows and write these; open the ended leases the guard names again (each
+        conditional on its counter as read, and moved on); without `coordination:`,
+        let `guard` judge the daemons live on the stream, last. `dry_run`: roll back."""
         sink = self.sink
         checkpoints = self.table(sink.checkpoints_table)
         leases = self.table(ddl.LEASES_TABLE)
         try:
             async with sink.transaction() as conn:
+                await self._bound_lock_waits(conn)
+                reopen: list[Lease] = []
+                if guard.cfg.coordination is not None:
+                    if self.kind != "sqlite":  # SQLite: the write transaction holds the file
+                        await self.fetch(
+                            conn, f"SELECT shard_id FROM {leases} WHERE stream = ? FOR UPDATE", stream
+                        )
+                    _, reopen = await guard.leases()
                 for row_id in drop:
                     await self.execute(
                         conn, f"DELETE FROM {checkpoints} WHERE stream = ? AND shard_id = ?", stream, row_id
@@ -145,10 +132,37 @@ class Store:
                         lease.shard_id,
                         lease.counter,
                     )
+                if guard.cfg.coordination is None:
+                    # Last: a daemon that announced itself before this statement is seen.
+                    guard.daemons(await Daemons(sink).live(conn, stream), "not rewound")
+                if dry_run:
+                    raise _NotWritten
+        except _NotWritten:
+            return
+        except OperatorError:
+            raise
         except (TransientError, RecordError) as e:
             raise OperatorError(f"{stream}: checkpoints not rewritten: {e}") from e
         except Exception as e:
             raise OperatorError(f"{stream}: checkpoints not rewritten: {sink.classify(e)}") from e
+
+    async def live_daemons(self, stream: str) -> list[DaemonRow]:
+        """The daemons live on the stream (`poller.sinks.daemons`)."""
+        try:
+            async with self.sink.transaction() as conn:
+                return await Daemons(self.sink).live(conn, stream)
+        except (TransientError, RecordError):
+            raise
+        except Exception as e:
+            raise self.sink.classify(e) from e
+
+    async def _bound_lock_waits(self, conn: Any) -> None:
+        """A command waits for a row another transaction holds (a commit, a take) for
+        `LOCK_WAIT_SECONDS` at most, then fails and can be run again."""
+        if self.kind == "postgres":
+            await self.execute(conn, f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
+        elif self.kind == "mysql":
+            await self.execute(conn, f"SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECONDS}")
 
     async def count_failures(self, stream: str) -> int | None:
         if not self.sink.failures_table:

@@ -67,6 +67,10 @@ SQLITE = Types(
 # wall clocks.
 LEASES_TABLE = "poller_leases"
 
+# The daemons running a stream: one row per (stream, host, pid), renewed by the
+# daemon with the database's clock and deleted when it stops (`sinks/daemons.py`).
+DAEMONS_TABLE = "poller_daemons"
+
 
 def lease_columns_added(t: Types) -> dict[str, str]:
     """Columns of `poller_leases` that tables created by an older poller lack:
@@ -88,8 +92,10 @@ def added_columns(t: Types, q: str, existing: set[str]) -> list[str]:
 def bookkeeping(
     t: Types, q: str, checkpoints: str, processed: str, failures: str | None, suffix: str = ""
 ) -> list[str]:
-    """DDL for checkpoints, processed message ids, failures and shard leases. `q` quotes identifiers."""
+    """DDL for checkpoints, processed message ids, failures, shard leases and running
+    daemons. `q` quotes identifiers."""
     leases = quote_ident(LEASES_TABLE, q)
+    daemons = quote_ident(DAEMONS_TABLE, q)
     stmts = [
         f"CREATE TABLE IF NOT EXISTS {checkpoints} ("
         f"stream {t.key} NOT NULL, shard_id {t.key} NOT NULL, sequence_number {t.text}, "
@@ -104,6 +110,10 @@ def bookkeeping(
         f"lease_counter {t.bigint} NOT NULL DEFAULT 0, parent_shard_ids {t.text} NOT NULL DEFAULT '', "
         f"state {t.key} NOT NULL DEFAULT 'open', updated_at {t.ts} NOT NULL DEFAULT {t.now}, "
         f"lease_token {t.key}, PRIMARY KEY (stream, shard_id)){suffix}",
+        f"CREATE TABLE IF NOT EXISTS {daemons} ("
+        f"stream {t.key} NOT NULL, host {t.key} NOT NULL, pid {t.bigint} NOT NULL, "
+        f"started_at {t.ts} NOT NULL DEFAULT {t.now}, renewed_at {t.ts} NOT NULL DEFAULT {t.now}, "
+        f"PRIMARY KEY (stream, host, pid)){suffix}",
     ]
     if failures:
         stmts.append(

@@ -24,6 +24,10 @@ one number from a seeded ``random.Random``: below ``drop`` it aborts the connect
 below ``drop + server_error`` it answers 500/503, below ``drop + server_error +
 throttle`` it answers the service's throttling error; otherwise it forwards. Runs are
 reproducible for a given seed and request order.
+
+``hold(targets)`` keeps the matching requests waiting, unforwarded, until
+``release()``: a test can then act between a client's decision and its write
+landing (``held`` counts the requests waiting or let through).
 """
 
 from __future__ import annotations
@@ -181,6 +185,18 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._url: str | None = None
+        self._hold: frozenset[str] = frozenset()
+        self._released = asyncio.Event()
+        self.held: collections.Counter[str] = collections.Counter()
+
+    def hold(self, targets: set[str]) -> None:
+        """Keep requests for these operations waiting until `release()` (call on the proxy's loop)."""
+        self._hold = frozenset(targets)
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._hold = frozenset()
+        self._released.set()
 
     @property
     def url(self) -> str:
@@ -274,6 +290,9 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         service, content_type, operation = _classify(request)
+        if service is not None and operation in self._hold:
+            self.held[operation] += 1
+            await self._released.wait()
         faults = self._faults
         if service is not None and (faults.only_targets is None or operation in faults.only_targets):
             if faults.latency_seconds > 0:

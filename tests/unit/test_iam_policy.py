@@ -115,6 +115,7 @@ def test_a_dynamodb_lease_store_gets_what_it_calls_on_its_own_table_only() -> No
         "Sid": "OrdersEuLeases",
         "Effect": "Allow",
         "Action": [
+            "dynamodb:ConditionCheckItem",
             "dynamodb:CreateTable",
             "dynamodb:DeleteItem",
             "dynamodb:DescribeTable",
