@@ -58,7 +58,7 @@ class StreamRunner:
         if not self.source_ready:
             return "its source is not reached"
         if not self.healthy:
-            return "a commit is retrying a transient error"
+            return "retrying a transient error (a commit or a receive: the log says which)"
         age = self.sink.commit_age() if self.sink is not None else 0.0
         if age > self.long_commit:
             # Past the bound no frozen peer can be the cause (the database has ended its

@@ -7,6 +7,7 @@ MariaDB 10.11 lacks.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -197,10 +198,12 @@ def bounds_sql(bounds: SessionBounds) -> str:
     there and has no idle-in-transaction limit at all, so `wait_timeout` (a session
     idle between statements, in a transaction or not) bounds a frozen replica's
     session on both. It is harmless on MariaDB: an idle pooled connection it ends is
-    recycled first (`pool_recycle`). InnoDB's lock wait is in whole seconds."""
+    recycled first (`pool_recycle`). InnoDB's lock wait is in whole seconds: rounded
+    up, never to 0."""
     idle = bounds.idle_in_transaction
+    lock_wait = max(1, math.ceil(bounds.lock_wait))
     return (
-        f", innodb_lock_wait_timeout = {bounds.lock_wait_whole_seconds}, wait_timeout = {idle}"
+        f", innodb_lock_wait_timeout = {lock_wait}, wait_timeout = {idle}"
         f" /*M!100300 , idle_transaction_timeout = {idle} */"
     )
 

@@ -30,7 +30,6 @@ on a frozen peer — the server would have ended the peer's session — so
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from poller.config import SqsSource, StreamConfig
@@ -51,12 +50,6 @@ class SessionBounds:
     def long_commit(self) -> float:
         """Seconds past which a running commit makes the stream not ready."""
         return float(self.idle_in_transaction)
-
-    @property
-    def lock_wait_whole_seconds(self) -> int:
-        """InnoDB counts whole seconds (at least 1): rounded up, never to 0 (which
-        would fail every wait at once)."""
-        return max(1, math.ceil(self.lock_wait))
 
 
 def session_bounds(cfg: StreamConfig) -> SessionBounds:
