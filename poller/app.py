@@ -26,6 +26,7 @@ from poller.retry import Backoff, sleep_unless
 from poller.sink_api import Sink
 from poller.sinks.daemons import announced
 from poller.sinks.factory import build_sink, failures_table_of
+from poller.sinks.session_bounds import session_bounds
 
 log = get_logger()
 _SINK_BACKOFF = Backoff(1.0, 30.0)
@@ -44,11 +45,27 @@ class StreamRunner:
         self.sink_ready = False
         self.healthy = True
         self.sink: Sink | None = None
+        self.long_commit = session_bounds(cfg).long_commit
         self._publish()  # 0 from the start: a sink down at start-up must show (and alert)
 
     @property
     def ready(self) -> bool:
-        return self.source_ready and self.sink_ready and self.healthy
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why `/readyz` reports this stream not ready, or None when it is ready."""
+        if not self.sink_ready:
+            return "its sink is not open (not reachable yet)"
+        if not self.source_ready:
+            return "its source is not reached"
+        if not self.healthy:
+            return "retrying a transient error (a commit or a receive: the log says which)"
+        age = self.sink.commit_age() if self.sink is not None else 0.0
+        if age > self.long_commit:
+            # Past the bound no frozen peer can be the cause (the database has ended its
+            # session by then): the database or the network to it is not answering.
+            return f"a commit has been running for {age:.0f} s (more than {self.long_commit:g} s)"
+        return None
 
     def _set_source_ready(self) -> None:
         self.source_ready = True
@@ -143,8 +160,13 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self.config_failures = 0  # streams stopped because their config does not fit the source
 
-    def readiness(self) -> dict[str, bool]:
-        return {r.name: r.ready for r in self.runners}
+    def readiness(self) -> dict[str, str | None]:
+        """Stream → why it is not ready, None when it is."""
+        reasons = {}
+        for r in self.runners:
+            reasons[r.name] = r.not_ready_reason()
+            r._publish()  # a long commit changes readiness with no event of its own
+        return reasons
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1

@@ -340,6 +340,18 @@ def _sink_dsn(v: str, sink_type: str, check: Any) -> str:
         ) from None
 
 
+# Shared by the database sinks and the user-code sinks' checkpoint stores (`poller/sinks/session_bounds.py`).
+_IDLE_IN_TRANSACTION_DESCRIPTION = (
+    "PostgreSQL and MySQL/MariaDB, where several processes share the rows (`coordination:`, or an SQS "
+    "source): seconds the database lets one of this sink's sessions sit idle inside a transaction "
+    "before it ends the session, so a replica frozen mid-commit (SIGSTOP, `docker pause`) releases "
+    "the rows, checkpoints and leases others wait for. Statements wait at most a third of it for a "
+    "row lock (5 s at most, a third of the lease period at most), and `/readyz` reports a commit "
+    "running longer than it. Default: three lease periods, 30 s at least (SQS: 30 s). Given, it also "
+    "applies to a single worker. Handler and lambda sinks: their database checkpoint_dsn."
+)
+
+
 class DatabaseSinkConfig(Strict):
     # Longest table or column name the database keeps (PostgreSQL truncates silently).
     _name_limits: ClassVar[dict[str, int]] = {}
@@ -355,6 +367,9 @@ class DatabaseSinkConfig(Strict):
     )
     soft_delete_column: str | None = None
     pool_size: int = Field(2, ge=1, le=50)
+    idle_in_transaction_seconds: int | None = Field(
+        None, ge=5, le=3600, description=_IDLE_IN_TRANSACTION_DESCRIPTION
+    )
 
     @model_validator(mode="after")
     def _keyed(self) -> DatabaseSinkConfig:
@@ -467,6 +482,9 @@ class UserCodeSinkConfig(Strict):
         "records are delivered in windows of this many seconds by arrival time, with the `state` "
         "the function returned passed to its next invocation of the window and a final invocation "
         "when the window ends (docs/migrating-from-lambda.md). 0: no windows.",
+    )
+    idle_in_transaction_seconds: int | None = Field(
+        None, ge=5, le=3600, description=_IDLE_IN_TRANSACTION_DESCRIPTION
     )
 
     @field_validator("checkpoint_dsn")

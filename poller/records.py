@@ -165,6 +165,13 @@ class TransientError(Exception):
     retried with backoff for as long as it takes; never fails a record."""
 
 
+class LockWaitTimeout(TransientError):
+    """A statement of a commit waited for a lock another transaction held past the
+    sink's lock-wait bound (`poller.sinks.session_bounds`): most often a replica
+    frozen mid-commit, until the database ends its session. Retried like any
+    transient error, and counted apart (`poller_lock_waits_total`)."""
+
+
 class PartialFailure(RecordError):
     """User code reported some records of a batch as failed (Lambda's
     `batchItemFailures`); the others succeeded. `item_ids` are the records'

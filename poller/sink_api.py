@@ -95,6 +95,11 @@ class Sink(Protocol):
         queue replay's only after `QUEUE_REPLAY_MARK_SECONDS` (see below)."""
         return 0
 
+    def commit_age(self) -> float:
+        """Seconds the oldest database transaction of a commit in progress has been
+        open, 0 when none is: `/readyz` reports one past the stream's bound."""
+        return 0.0
+
     async def shard_taken(self, stream: str, shard_id: str, fence: Fence) -> None:
         """A worker starts reading the shard under a lease this process just took:
         state the sink keeps per shard (a tumbling window) is this process's now."""

@@ -33,7 +33,8 @@ class _BoundedServer(web.Server):
 class HttpServer:
     """Liveness says the event loop answers; readiness asks every stream."""
 
-    def __init__(self, port: int, host: str, readiness: Callable[[], dict[str, bool]]):
+    def __init__(self, port: int, host: str, readiness: Callable[[], dict[str, str | None]]):
+        """`readiness`: stream → why it is not ready, None when it is."""
         self.port = port
         self.host = host
         self._readiness = readiness
@@ -76,10 +77,14 @@ class HttpServer:
         return web.json_response({"status": "ok"})
 
     def _readyz(self) -> web.Response:
-        streams = self._readiness()
+        reasons = self._readiness()
+        streams = {name: reason is None for name, reason in reasons.items()}
         ready = bool(streams) and all(streams.values())
+        body: dict[str, object] = {"ready": ready, "streams": streams}
+        if not ready:
+            body["reasons"] = {name: reason for name, reason in reasons.items() if reason is not None}
         return web.Response(
             status=200 if ready else 503,
-            text=json.dumps({"ready": ready, "streams": streams}),
+            text=json.dumps(body),
             content_type="application/json",
         )

@@ -49,6 +49,12 @@ FAILED_FALLBACK = Counter(
     ["stream", "destination"],
 )
 SINK_ERRORS = Counter("poller_sink_errors_total", "Errors raised by the sink.", ["stream", "error_class"])
+LOCK_WAITS = Counter(
+    "poller_lock_waits_total",
+    "Commits that waited for a lock another transaction held past the lock-wait bound (a replica "
+    "frozen mid-commit, a long transaction); each is also a transient retry.",
+    ["stream"],
+)
 SQS_INFLIGHT = Gauge("poller_sqs_inflight_messages", "SQS messages received and not yet deleted.", ["stream"])
 SQS_INFLIGHT_BYTES = Gauge(
     "poller_sqs_inflight_bytes",

@@ -29,6 +29,7 @@ from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import (
     Failure,
+    LockWaitTimeout,
     PartialFailure,
     Record,
     RecordError,
@@ -322,8 +323,12 @@ class FailurePolicy:
         metrics.SINK_ERRORS.labels(self.stream, "transient").inc()
         metrics.BLOCKED.labels(self.stream, self.shard).set(1)
         self.on_health(False)
+        what = "transient error, retrying"
+        if isinstance(e, LockWaitTimeout):
+            metrics.LOCK_WAITS.labels(self.stream).inc()
+            what = "commit gave up waiting for a lock another transaction holds (a frozen replica?), retrying"
         (log.warning if n < 5 else log.error)(
-            "transient error, retrying",
+            what,
             stream=self.stream,
             shard=self.shard,
             attempt=n,

@@ -18,6 +18,7 @@ conditional on the same lease.
 from __future__ import annotations
 
 import abc
+import itertools
 import operator
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,7 @@ from poller.sink_api import Fence, Fenced, Sink
 from poller.sink_api import MessageWrite as MessageWrite
 from poller.sink_api import Transaction as Transaction
 from poller.sinks.coercion import CoercionError, Converter, coerce_row, row_coercer
+from poller.sinks.session_bounds import SessionBounds
 
 # (owner, lease_counter, lease_token) of a `poller_leases` row.
 LeaseRow = tuple[str | None, int, str | None]
@@ -62,11 +64,14 @@ class SqlSink(Sink):
         failures_table: str | None = "poller_failures",
         checkpoints_table: str = "poller_checkpoints",
         processed_table: str = "poller_processed",
-        idle_in_transaction: int | None = None,
+        bounds: SessionBounds | None = None,
     ):
-        # Seconds the server lets a session idle inside a transaction before ending it, or
-        # None for its default (`factory.idle_in_transaction_seconds` says why and when).
-        self.idle_in_transaction = idle_in_transaction
+        # How long the server lets a session idle inside a transaction and wait for a
+        # lock (`session_bounds.py` says why and when); None: the server's defaults.
+        self.bounds = bounds if bounds is not None and bounds.enforced else None
+        # Start times (monotonic) of the transactions in progress, for `commit_age`.
+        self._commits: dict[int, float] = {}
+        self._commit_ids = itertools.count()
         self.shape = shape
         self.table = table
         self.failures_table = failures_table
@@ -116,10 +121,19 @@ class SqlSink(Sink):
 
     # -- the transaction ---------------------------------------------------------------
 
+    def commit_age(self) -> float:
+        """Seconds the oldest transaction of `commit` in progress has been open (0: none)."""
+        started = min(self._commits.values(), default=None)
+        return 0.0 if started is None else time.monotonic() - started
+
     async def commit(self, tx: Transaction) -> CommitResult:
         result = CommitResult()
+        commit_id = next(self._commit_ids)
         try:
             async with self.transaction() as conn:
+                # From the moment a connection is ours: a wait for a pooled one is
+                # another commit's time, not this one's.
+                self._commits[commit_id] = time.monotonic()
                 ops = list(tx.ops)
                 failures = tx.failures
                 if tx.messages:
@@ -162,6 +176,8 @@ class SqlSink(Sink):
             raise
         except Exception as e:
             raise self.classify(e) from e
+        finally:
+            self._commits.pop(commit_id, None)
         return result
 
     async def _check_fence(self, conn: Any, stream: str, fence: Fence) -> None:

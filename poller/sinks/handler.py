@@ -37,6 +37,7 @@ from poller.records import Checkpoint, PartialFailure, Record, RecordError, Tran
 from poller.rows import RowOp
 from poller.sink_api import CommitResult, Fence, Sink, Transaction
 from poller.sinks.factory import checkpoint_store
+from poller.sinks.session_bounds import SessionBounds
 from poller.sinks.windows import SHAPE, WINDOWS_TABLE, TumblingWindows, WindowOptions, create_table
 
 log = get_logger()
@@ -106,6 +107,7 @@ class EventSink(Sink):
         stream: str,
         failures_table: str | None = None,
         windows: WindowOptions | None = None,
+        bounds: SessionBounds | None = None,
     ):
         checkpoint_dsn = cfg.checkpoint_dsn
         self.checkpoint_dsn = checkpoint_dsn
@@ -114,9 +116,9 @@ class EventSink(Sink):
         self.windows: TumblingWindows | None = None
         windows = windows or WindowOptions.for_seconds(cfg.tumbling_window_seconds)
         if windows is None:
-            self.store = checkpoint_store(checkpoint_dsn, failures_table)
+            self.store = checkpoint_store(checkpoint_dsn, failures_table, bounds=bounds)
         else:
-            self.store = checkpoint_store(checkpoint_dsn, failures_table, WINDOWS_TABLE, SHAPE)
+            self.store = checkpoint_store(checkpoint_dsn, failures_table, WINDOWS_TABLE, SHAPE, bounds=bounds)
             self.windows = TumblingWindows(stream, windows, self.store, self)
         # Delivered but not yet recorded (the store failed): a retry of the
         # commit records them without handing them to user code again.
@@ -159,6 +161,9 @@ class EventSink(Sink):
 
     async def ping(self) -> None:
         await self.store.ping()
+
+    def commit_age(self) -> float:
+        return self.store.commit_age()  # user code's time is not a commit's
 
     def coerce(self, ops: list[RowOp]) -> list[RowOp]:
         return ops  # user code takes records, not rows: the map stage gives none
@@ -281,8 +286,9 @@ class HandlerSink(EventSink):
         stream: str,
         failures_table: str | None = None,
         windows: WindowOptions | None = None,
+        bounds: SessionBounds | None = None,
     ):
-        super().__init__(cfg, stream, failures_table, windows)
+        super().__init__(cfg, stream, failures_table, windows, bounds)
         self.cfg = cfg
         self.stream = stream
         self.function_name = cfg.function_name or stream

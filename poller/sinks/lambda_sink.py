@@ -24,6 +24,7 @@ from poller.observability import metrics
 from poller.observability.logging import get_logger
 from poller.records import Record, RecordError, TransientError
 from poller.sinks.handler import EventSink
+from poller.sinks.session_bounds import SessionBounds
 from poller.sinks.windows import WindowOptions
 
 log = get_logger()
@@ -107,8 +108,9 @@ class LambdaSink(EventSink):
         stream: str,
         failures_table: str | None = None,
         windows: WindowOptions | None = None,
+        bounds: SessionBounds | None = None,
     ):
-        super().__init__(cfg, stream, failures_table, windows)
+        super().__init__(cfg, stream, failures_table, windows, bounds)
         self.cfg = cfg
         self.stream = stream
         self._stack: AsyncExitStack | None = None

@@ -7,6 +7,7 @@ MariaDB 10.11 lacks.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,13 +17,21 @@ import aiomysql
 import pymysql
 
 from poller import dsn as dsn_rules
-from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.records import (
+    Checkpoint,
+    Failure,
+    LockWaitTimeout,
+    RecordError,
+    TransientError,
+    describe_error,
+)
 from poller.rows import RowShape
 from poller.sink_api import FILE_REPLAY_MARK, QUEUE_REPLAY_MARK, QUEUE_REPLAY_MARK_SECONDS
 from poller.sinks import ddl, errors
 from poller.sinks.base import LeaseRow, SqlSink, checkpoint_row, checkpoints_from_rows
 from poller.sinks.coercion import Converter, column_converter
 from poller.sinks.column_types import mariadb_json_columns, mysql_column
+from poller.sinks.session_bounds import SessionBounds
 
 _KINDS = {
     "tinyint": "int",
@@ -90,6 +99,7 @@ _TRANSIENT_CODES = {
     3024,  # max_execution_time exceeded (MySQL)
     4031,  # disconnected for inactivity (MySQL 8)
 }
+_LOCK_WAIT_TIMEOUT = 1205  # innodb_lock_wait_timeout (session_bounds.py)
 _CONSTRAINT_CODES = {
     1048,  # column cannot be null
     1062,  # duplicate entry
@@ -139,6 +149,8 @@ def classify(exc: BaseException) -> Exception:
         if code in _RECORD_CODES:
             reason = "constraint_violation" if code in _CONSTRAINT_CODES else "data_error"
             return errors.record_error(text, reason)
+        if code == _LOCK_WAIT_TIMEOUT:
+            return LockWaitTimeout(text)
         if code in _TRANSIENT_CODES:
             return TransientError(text)
         return errors.needs_attention(text)
@@ -179,16 +191,33 @@ def parse_dsn(dsn: str) -> dict[str, Any]:
     }
 
 
+def bounds_sql(bounds: SessionBounds) -> str:
+    """The session settings of `bounds`, appended to the connection's `SET SESSION`.
+
+    Valid on MySQL 8 and MariaDB 10.11 alike. MariaDB (10.3+) runs what is in
+    `/*M!100300 ... */` and has `idle_transaction_timeout`; MySQL 8 reads a comment
+    there and has no idle-in-transaction limit at all, so `wait_timeout` (a session
+    idle between statements, in a transaction or not) bounds a frozen replica's
+    session on both. It is harmless on MariaDB: an idle pooled connection it ends is
+    recycled first (`pool_recycle`). InnoDB's lock wait is in whole seconds: rounded
+    up, never to 0."""
+    idle = bounds.idle_in_transaction
+    lock_wait = max(1, math.ceil(bounds.lock_wait))
+    return (
+        f", innodb_lock_wait_timeout = {lock_wait}, wait_timeout = {idle}"
+        f" /*M!100300 , idle_transaction_timeout = {idle} */"
+    )
+
+
 class MysqlSink(SqlSink):
     kind = "mysql"
 
     def __init__(self, dsn: str, shape: RowShape, table: str, pool_size: int = 2, **kw: Any):
         super().__init__(shape, table, **kw)
-        # MariaDB (10.3+) has the setting and runs what is in `/*M!100300 ... */`; MySQL 8
-        # has none and reads a comment there: its sessions of a frozen replica last until
-        # `wait_timeout`.
-        idle = self.idle_in_transaction
-        self._idle = f" /*M!100300 , idle_transaction_timeout = {idle} */" if idle else ""
+        self._bounds_sql = "" if self.bounds is None else bounds_sql(self.bounds)
+        # A pooled connection idle past `wait_timeout` was ended by the server: dropped
+        # at the next acquire (aiomysql counts from its last use) instead of failing a commit.
+        self._recycle = -1 if self.bounds is None else max(1, self.bounds.idle_in_transaction // 2)
         self.connect_args = parse_dsn(dsn)
         self.pool_size = pool_size
         self.pool: aiomysql.Pool | None = None
@@ -201,7 +230,8 @@ class MysqlSink(SqlSink):
                 autocommit=False,
                 connect_timeout=10,
                 init_command="SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
-                "time_zone = '+00:00'" + self._idle,
+                "time_zone = '+00:00'" + self._bounds_sql,
+                pool_recycle=self._recycle,
                 **self.connect_args,
             )
             async with self.pool.acquire() as conn, conn.cursor() as cur:

@@ -18,7 +18,14 @@ from typing import Any
 import asyncpg
 
 from poller import dsn as dsn_rules
-from poller.records import Checkpoint, Failure, RecordError, TransientError, describe_error
+from poller.records import (
+    Checkpoint,
+    Failure,
+    LockWaitTimeout,
+    RecordError,
+    TransientError,
+    describe_error,
+)
 from poller.rows import RowShape
 from poller.sink_api import FILE_REPLAY_MARK, QUEUE_REPLAY_MARK, QUEUE_REPLAY_MARK_SECONDS
 from poller.sinks import ddl, errors
@@ -55,6 +62,7 @@ _KINDS = {
 # 28 authentication, 3D/3F unknown database/schema, 0A unsupported) needs attention.
 _TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
 _TRANSIENT_STATES = {"25006", "25P03"}  # read-only transaction, idle-in-transaction timeout
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout (session_bounds.py), or a NOWAIT lock
 _RECORD_CLASSES = ("21", "22", "23", "27", "2F", "38", "39", "44", "54", "P0")
 
 
@@ -63,6 +71,8 @@ def classify(exc: BaseException) -> Exception:
         return exc
     state = getattr(exc, "sqlstate", None)
     if isinstance(exc, asyncpg.PostgresError) and isinstance(state, str):
+        if state == _LOCK_NOT_AVAILABLE:
+            return LockWaitTimeout(f"postgres {state}: {exc}")
         if state in _TRANSIENT_STATES or state.startswith(_TRANSIENT_CLASSES):
             return TransientError(f"postgres {state}: {exc}")
         if state.startswith(_RECORD_CLASSES):
@@ -88,8 +98,12 @@ class PostgresSink(SqlSink):
 
     def __init__(self, dsn: str, shape: RowShape, table: str, pool_size: int = 2, **kw: Any):
         super().__init__(shape, table, **kw)
-        idle = self.idle_in_transaction
-        self._settings = {"idle_in_transaction_session_timeout": str(idle * 1000)} if idle else {}
+        self._settings: dict[str, str] = {}
+        if self.bounds is not None:
+            self._settings = {
+                "idle_in_transaction_session_timeout": str(self.bounds.idle_in_transaction * 1000),
+                "lock_timeout": str(int(self.bounds.lock_wait * 1000)),
+            }
         # asyncpg parses a DSN with urllib, which splits a password at `#`, `/` or `?` and
         # echoes the pieces in its errors: it gets the DSN without one, and the password apart.
         parsed = dsn_rules.parse(dsn)
