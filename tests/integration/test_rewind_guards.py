@@ -22,6 +22,7 @@ import pytest
 
 from poller.coordination.dynamodb_store import DynamoDBLeaseStore
 from poller.coordination.sql_store import SqlLeaseStore
+from poller.fencing import new_token
 from poller.records import TransientError
 from poller.sinks.daemons import STALE_SECONDS
 from tests.integration.test_operator_commands import (
@@ -77,7 +78,7 @@ async def _sql_take(dsn: str, stream: str, shard: str, owner: str) -> bool:
         lease = await store.get(stream, shard)
         assert lease is not None and lease.owner is None, lease
         try:
-            return await store.take(stream, lease, owner) is not None
+            return await store.take(stream, lease, owner, new_token()) is not None
         except TransientError:
             return False
     finally:
@@ -181,7 +182,7 @@ async def _ddb_take(cfg: dict[str, Any], endpoint: str, stream: str, shard: str,
     try:
         lease = await store.get(stream, shard)
         assert lease is not None and lease.owner is None, lease
-        return await store.take(stream, lease, owner) is not None
+        return await store.take(stream, lease, owner, new_token()) is not None
     finally:
         await store.close()
 
