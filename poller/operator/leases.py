@@ -27,6 +27,7 @@ from poller.config import StreamConfig
 from poller.coordination import LeaseTaker, build_store
 from poller.coordination.lease import Lease
 from poller.coordination.sql_store import SqlLeaseStore
+from poller.fencing import holder_of
 from poller.operator.errors import OperatorError
 from poller.operator.lease_table import open_lease_table
 from poller.records import TransientError
@@ -43,6 +44,7 @@ class LeaseView:
     counter: int
     state: str  # free | held | expired | ended
     renewed_ago: float | None = None  # seconds since its last write, by the database's clock (SQL)
+    holder: str | None = None  # the process of the holding tenure (host and pid, from its token)
 
 
 def where(cfg: StreamConfig) -> str:
@@ -96,8 +98,15 @@ async def _aged(cfg: StreamConfig, lease_seconds: float) -> dict[str, LeaseView]
     out: dict[str, LeaseView] = {}
     for lease, age in aged:
         state = _unowned(lease) or ("held" if age < lease_seconds else "expired")
-        out[lease.shard_id] = LeaseView(lease.shard_id, lease.owner, lease.counter, state, round(age, 1))
+        out[lease.shard_id] = LeaseView(
+            lease.shard_id, lease.owner, lease.counter, state, round(age, 1), _holder(lease)
+        )
     return out
+
+
+def _holder(lease: Lease) -> str | None:
+    """Which process holds it: two processes may share a `worker_id`, never a token."""
+    return holder_of(lease.token) if lease.owner is not None and lease.token else None
 
 
 def _unowned(lease: Lease) -> str | None:
@@ -127,7 +136,9 @@ async def _watch(
                 undecided = undecided or state is None
                 renewing = renewing or state == "held"
             # Not judged yet: a lease first seen with an owner counts as just renewed.
-            views[lease.shard_id] = LeaseView(lease.shard_id, lease.owner, lease.counter, state or "held")
+            views[lease.shard_id] = LeaseView(
+                lease.shard_id, lease.owner, lease.counter, state or "held", holder=_holder(lease)
+            )
         if not (watch and undecided) or (first_held and renewing) or now >= deadline:
             return views
         await asyncio.sleep(WATCH_INTERVAL)

@@ -54,11 +54,13 @@ class ShardStatus:
     lease_counter: int | None = None
     lease_state: str | None = None  # free | held | expired | ended; None: no lease (yet)
     lease_renewed_seconds_ago: float | None = None  # by the lease database's clock (SQL stores)
+    lease_holder: str | None = None  # host and pid of the holding process, from its tenure token
 
     def show_lease(self, lease: leases.LeaseView | None) -> None:
         if lease is not None:
             self.lease_owner, self.lease_counter, self.lease_state = lease.owner, lease.counter, lease.state
             self.lease_renewed_seconds_ago = lease.renewed_ago
+            self.lease_holder = lease.holder
 
 
 @dataclass(slots=True)
@@ -270,11 +272,13 @@ def _lag(value: float | None) -> str:
 
 
 def _lease(sh: ShardStatus) -> str:
-    """e.g. `held #12, 1.3s ago`: state, counter, and (SQL stores) the age of its last write."""
+    """e.g. `held #12, 1.3s ago, web-1 pid 7`: state, counter, (SQL stores) the age of its
+    last write, and the holding process."""
     if sh.lease_state is None:
         return "-"
     ago = f", {sh.lease_renewed_seconds_ago:.1f}s ago" if sh.lease_renewed_seconds_ago is not None else ""
-    return f"{sh.lease_state} #{sh.lease_counter}{ago}"
+    holder = f", {sh.lease_holder}" if sh.lease_holder else ""
+    return f"{sh.lease_state} #{sh.lease_counter}{ago}{holder}"
 
 
 def as_text(statuses: list[StreamStatus]) -> str:

@@ -670,6 +670,7 @@ def test_status_names_the_lease_holders_and_rewind_waits_for_live_ones(moto: Mot
         for s in seen.values():
             assert (s["lease_owner"], s["lease_state"]) == ("ops-w1", "held"), s
             assert s["lease_counter"] >= 1 and 0 <= s["lease_renewed_seconds_ago"] < LEASE
+            assert s["lease_holder"].endswith(f" pid {d.proc.pid}"), s  # the process, not just its name
         text = ok("status", "--config", str(folder))
         assert "leases: the PostgreSQL database at " in text and "lease_seconds 3" in text
         header = next(line for line in text.splitlines() if "SHARD" in line)
