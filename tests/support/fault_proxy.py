@@ -24,6 +24,10 @@ one number from a seeded ``random.Random``: below ``drop`` it aborts the connect
 below ``drop + server_error`` it answers 500/503, below ``drop + server_error +
 throttle`` it answers the service's throttling error; otherwise it forwards. Runs are
 reproducible for a given seed and request order.
+
+``set_clock_offset(seconds)`` plays an AWS whose clock is that far from this host's:
+every response (forwarded or injected) then carries ``Date:`` this host's time plus
+the offset, in HTTP's one-second format, as AWS stamps it when it answers.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ import json
 import logging
 import random
 import socket
+import time
 import uuid
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Final, Literal
 
 import aiohttp
@@ -176,6 +182,7 @@ class FaultProxy:
         self._upstream_timeout = upstream_timeout
         self._throttle_errors = {**THROTTLE_ERRORS, **(throttle_errors or {})}
         self._faults = FaultSettings()
+        self._clock_offset: float | None = None
         self.injected: collections.Counter[str] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
@@ -265,6 +272,17 @@ class FaultProxy:
             only_targets=None if only_targets is None else frozenset(only_targets),
         )
 
+    def set_clock_offset(self, seconds: float | None) -> None:
+        """Stamp every response's ``Date`` this far from this host's clock (None: leave
+        the upstream's header as it is)."""
+        self._clock_offset = seconds
+
+    def _date(self) -> str | None:
+        """The ``Date`` of a response answered now, when the clock is offset."""
+        if self._clock_offset is None:
+            return None
+        return formatdate(time.time() + self._clock_offset, usegmt=True)
+
     def reset_counters(self) -> None:
         self.injected.clear()
         self.requests.clear()
@@ -308,6 +326,9 @@ class FaultProxy:
         headers = {"x-amzn-RequestId": request_id}
         if spec.query_error is not None:
             headers["x-amzn-query-error"] = spec.query_error
+        date = self._date()
+        if date is not None:
+            headers["Date"] = date
         payload = json.dumps({"__type": spec.type, "message": spec.message})
         return web.Response(
             status=spec.status,
@@ -334,9 +355,12 @@ class FaultProxy:
             return web.Response(status=502, text=f"FaultProxy: upstream failed: {exc!r}")
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            date = self._date()
             for key, value in upstream.headers.items():
-                if key.lower() not in _NOT_FORWARDED:
+                if key.lower() not in _NOT_FORWARDED and not (date and key.lower() == "date"):
                     response.headers.add(key, value)
+            if date is not None:
+                response.headers["Date"] = date
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             try:

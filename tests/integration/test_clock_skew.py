@@ -1,0 +1,144 @@
+"""A host clock off AWS's: a fault proxy in front of moto stamps every response's
+`Date` ten minutes away from this host's clock, as an AWS whose clock differs
+would. A real `poller run` must show the skew as a metric (within the header's
+one-second resolution plus the round trip it reports), log an error naming both
+times and what the skew endangers, and store its start position (the `#start`
+row; a DynamoDB snapshot's start) on AWS's clock, not this host's.
+
+moto stamps records with this host's clock, so these tests leave the record-age
+check off: in them, only the `Date` header speaks for AWS's clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.integration.test_dynamodb import (  # noqa: F401  (_drop_targets: autouse clean-up)
+    _drop_targets,
+    make_source,
+    make_target,
+    put_items,
+)
+from tests.integration.test_dynamodb import item as ddb_item
+from tests.integration.test_kinesis import PG, create_stream, make_table
+from tests.integration.test_kinesis import stream_cfg as kinesis_cfg
+from tests.integration.test_snapshot import snapshot_cfg, snapshot_done
+from tests.support import db
+from tests.support.aws import client
+from tests.support.daemon import Daemon, metric, wait_for
+from tests.support.fault_proxy import FaultProxy
+from tests.support.servers import MotoServer
+from tests.support.threaded import LoopThread
+
+pytestmark = pytest.mark.integration
+
+OFFSET = 600.0  # ten minutes: far beyond every margin, and far from any scheduling noise
+# The most a measurement the daemon keeps can be off: the header's half second plus
+# half of the longest round trip it uses (5 s).
+UNCERTAINTY = 3.0
+
+
+@pytest.fixture
+def proxy(moto: MotoServer) -> Iterator[tuple[LoopThread, FaultProxy, str]]:
+    loop = LoopThread()
+    p = FaultProxy(moto.url)
+    url = loop.run(p.start())
+    yield loop, p, url
+    loop.run(p.stop())
+    loop.close()
+
+
+def stored_moment(dsn: str, stream: str, row: str) -> float | None:
+    """The time a checkpoint row holds: `#start`'s ISO time, `#snapshot`'s `began`."""
+    text = db.scalar(
+        PG,
+        dsn,
+        "SELECT sequence_number FROM poller_checkpoints WHERE stream = %s AND shard_id = %s",
+        (stream, row),
+    )
+    if not text:
+        return None
+    value = json.loads(text)["began"] if row == "#snapshot" else text
+    return datetime.fromisoformat(value).timestamp()
+
+
+def skew_errors(d: Daemon) -> list[dict[str, Any]]:
+    lines = [json.loads(x) for x in d.log.read_text().splitlines() if x.startswith("{")]
+    return [x for x in lines if x.get("level") == "error" and "off AWS's" in x.get("event", "")]
+
+
+def assert_skew_reported(d: Daemon, stream: str, offset: float, danger: str) -> None:
+    """The gauge and the error line agree with the proxy's offset, within the
+    uncertainty the line gives."""
+    errors = wait_for(lambda: skew_errors(d), 60, message="the clock-skew error logged")
+    line = errors[0]
+    within = float(line["within_seconds"])
+    # The header is truncated to the second and stamped somewhere within the call:
+    # the daemon's own bound, which a loaded machine widens but never breaks.
+    assert 0.5 <= within <= UNCERTAINTY, line
+    assert abs(float(line["skew_seconds"]) - offset) <= within + 0.01, line
+    host = datetime.fromisoformat(line["host_time"]).timestamp()
+    aws = datetime.fromisoformat(line["aws_time"]).timestamp()
+    assert abs(aws - host - offset) <= within + 0.01, line
+    assert any(danger in e for e in line["endangers"]), line
+    assert line["stream"] == stream
+    gauge = metric(d, "poller_clock_skew_seconds", stream=stream)
+    assert abs(gauge - offset) <= within + 0.01, gauge
+
+
+def test_a_latest_start_follows_aws_clock_and_the_skew_is_reported(
+    proxy: tuple[LoopThread, FaultProxy, str], moto: MotoServer, pg_dsn: str
+) -> None:
+    """AWS ten minutes behind this host: a LATEST start on the host's clock would
+    lie nine minutes in AWS's future, and a restart would skip what came between."""
+    loop, p, url = proxy
+    loop.call(p.set_clock_offset, -OFFSET)
+    table = "kin_clock_skew"
+    make_table(PG, pg_dsn, table)
+    kinesis = client("kinesis", moto.url)
+    stream = f"{table}-{uuid.uuid4().hex[:6]}"
+    create_stream(kinesis, stream, 1)
+    cfg = kinesis_cfg(table, PG, pg_dsn, stream, url, source={"starting_position": "LATEST"})
+    before = time.time()
+    with Daemon([cfg]) as d:
+        since = wait_for(lambda: stored_moment(pg_dsn, table, "#start"), 60, message="the #start row")
+        after = time.time()
+        # AWS's time when it was stored, less the margin: between the daemon's start
+        # and now on AWS's clock, give or take what the measurement cannot know.
+        low, high = before - OFFSET - UNCERTAINTY, after - OFFSET + UNCERTAINTY
+        assert low <= since + 60 <= high, f"#start {since + 60 - before:+.1f} s from the host's clock"
+        assert_skew_reported(d, table, -OFFSET, "latest_margin_seconds=60")
+        assert d.stop() == 0
+
+
+def test_a_snapshot_starts_on_aws_clock(
+    proxy: tuple[LoopThread, FaultProxy, str], moto: MotoServer, pg_dsn: str
+) -> None:
+    """AWS ten minutes ahead: the snapshot's start and the stream's `#start` are AWS's time."""
+    loop, p, url = proxy
+    loop.call(p.set_clock_offset, OFFSET)
+    ddb = client("dynamodb", moto.url)
+    name = make_target(PG, pg_dsn, "snap_clock")
+    make_source(ddb, name)
+    put_items(ddb, name, [ddb_item(i, 1) for i in range(20)])
+    cfg = snapshot_cfg(name, PG, pg_dsn, url)  # latest_margin_seconds: 1
+    before = time.time()
+    with Daemon([cfg]) as d:
+        wait_for(lambda: snapshot_done(PG, pg_dsn, name), 60, message="the snapshot done")
+        after = time.time()
+        began = stored_moment(pg_dsn, name, "#snapshot")
+        since = stored_moment(pg_dsn, name, "#start")
+        assert began is not None and since == began
+        low, high = before + OFFSET - UNCERTAINTY, after + OFFSET + UNCERTAINTY
+        assert low <= began + 1 <= high, (
+            f"the snapshot began {began + 1 - before:+.1f} s from the host's clock"
+        )
+        assert_skew_reported(d, name, OFFSET, "latest_margin_seconds=1")
+        assert d.stop() == 0
