@@ -104,7 +104,7 @@ def endangered(skew: Skew, limits: dict[str, float]) -> list[str]:
             found.append(
                 f"{name}={limit:g}: a LATEST start taken from this host's clock would "
                 + ("skip the records written in between" if ahead else "lie before the start")
-                + " (the daemon takes its own from AWS's clock; `poller checkpoints set --latest` does not)"
+                + " (the daemon takes its own from AWS's clock; `checkpoints rewind --latest` does not)"
             )
         else:
             found.append(
