@@ -19,7 +19,10 @@ Invariants:
 - Measured on a client's first call and on the first call after every
   `MEASURE_EVERY`: the hot path pays a monotonic comparison in one handler and
   a dict look-up in another, never a call of its own.
-- Before the first measurement `now` is the host's clock.
+- Before the first measurement `now` is the host's clock; after it, the time
+  then (corrected) plus the monotonic time since: a host clock stepped between
+  two measurements (NTP catching up, an operator) does not move AWS's time, and
+  the next measurement shows the new skew.
 - Only a skew beyond its uncertainty and beyond the smallest of the stream's
   limits (`skew_limits`) is an error; every measurement sets the gauge
   `poller_clock_skew_seconds{stream}`.
@@ -136,6 +139,7 @@ class AwsClock:
         self.host = host
         self.last: Skew | None = None
         self._offset = 0.0
+        self._base: float | None = None  # the host's clock minus the monotonic one when measured
         self._due = 0.0  # monotonic time of the next measurement: the first call is measured
         self._gauge = metrics.CLOCK_SKEW.labels(stream)
 
@@ -145,7 +149,9 @@ class AwsClock:
 
     def now(self) -> float:
         """AWS's time as well as this host can tell (epoch seconds)."""
-        return self.host() + self._offset
+        if self._base is None:
+            return self.host()
+        return time.monotonic() + self._base + self._offset
 
     def now_utc(self) -> datetime:
         return datetime.fromtimestamp(self.now(), UTC)
@@ -183,7 +189,9 @@ class AwsClock:
         first = self.last is None
         self.last = skew
         self._offset = skew.correction
-        self._due = time.monotonic() + self.every
+        mono = time.monotonic()
+        self._base = self.host() - mono
+        self._due = mono + self.every
         self._gauge.set(round(skew.seconds, 3))
         fields = {
             "stream": self.stream,
