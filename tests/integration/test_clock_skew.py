@@ -1,12 +1,10 @@
 """A host clock off AWS's: a fault proxy in front of moto stamps every response's
-`Date` ten minutes away from this host's clock, as an AWS whose clock differs
-would. A real `poller run` must show the skew as a metric (within the header's
-one-second resolution plus the round trip it reports), log an error naming both
-times and what the skew endangers, and store its start position (the `#start`
-row; a DynamoDB snapshot's start) on AWS's clock, not this host's.
-
-moto stamps records with this host's clock, so these tests leave the record-age
-check off: in them, only the `Date` header speaks for AWS's clock.
+`Date`, and the records it returns, ten minutes away from this host's clock, as
+an AWS whose clock differs would. A real `poller run` must show the skew as a
+metric (within the header's one-second resolution plus the round trip it
+reports), log an error naming both times and what the skew endangers, store its
+start position (the `#start` row; a DynamoDB snapshot's start) on AWS's clock,
+not this host's, and judge a record's age on AWS's clock too.
 """
 
 from __future__ import annotations
@@ -30,8 +28,11 @@ from tests.integration.test_dynamodb import item as ddb_item
 from tests.integration.test_kinesis import PG, create_stream, make_table
 from tests.integration.test_kinesis import stream_cfg as kinesis_cfg
 from tests.integration.test_snapshot import snapshot_cfg, snapshot_done
+from tests.integration.test_sqs_to_database import body, count
+from tests.integration.test_sqs_to_database import make_table as make_orders
+from tests.integration.test_sqs_to_database import stream as sqs_cfg
 from tests.support import db
-from tests.support.aws import client
+from tests.support.aws import client, send_all
 from tests.support.daemon import Daemon, metric, wait_for
 from tests.support.fault_proxy import FaultProxy
 from tests.support.servers import MotoServer
@@ -141,4 +142,25 @@ def test_a_snapshot_starts_on_aws_clock(
             f"the snapshot began {began + 1 - before:+.1f} s from the host's clock"
         )
         assert_skew_reported(d, name, OFFSET, "latest_margin_seconds=1")
+        assert d.stop() == 0
+
+
+def test_a_record_s_age_is_judged_on_aws_clock(
+    proxy: tuple[LoopThread, FaultProxy, str], moto: MotoServer, pg_dsn: str
+) -> None:
+    """AWS ten minutes behind this host, messages sent just now with a 5-minute
+    age limit: on this host's clock every one would look ten minutes old and be
+    dropped; on AWS's they are fresh and written."""
+    loop, p, url = proxy
+    loop.call(p.set_clock_offset, -OFFSET)
+    table = "sqs_clock_skew"
+    make_orders(PG, pg_dsn, table)
+    sqs = client("sqs", moto.url)
+    queue = sqs.create_queue(QueueName=f"{table}-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+    cfg = sqs_cfg(table, PG, pg_dsn, queue, url, retry={"max_record_age_seconds": 300})
+    send_all(sqs, queue, [body(i) for i in range(5)])
+    with Daemon([cfg]) as d:
+        wait_for(lambda: count(PG, pg_dsn, table) == 5, 60, message="5 rows, none dropped as too old")
+        assert metric(d, "poller_records_total", stream=table, outcome="failed") == 0
+        assert_skew_reported(d, table, -OFFSET, "retry.max_record_age_seconds=300")
         assert d.stop() == 0

@@ -27,7 +27,11 @@ reproducible for a given seed and request order.
 
 ``set_clock_offset(seconds)`` plays an AWS whose clock is that far from this host's:
 every response (forwarded or injected) then carries ``Date:`` this host's time plus
-the offset, in HTTP's one-second format, as AWS stamps it when it answers.
+the offset, in HTTP's one-second format, as AWS stamps it when it answers; and the
+records it returns carry their stamps moved by the offset (the emulator stamps them
+on this host's clock): Kinesis ``ApproximateArrivalTimestamp``, DynamoDB Streams
+``ApproximateCreationDateTime``, SQS ``SentTimestamp`` and
+``ApproximateFirstReceiveTimestamp``.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import aiohttp
 from aiohttp import web
@@ -354,6 +359,9 @@ class FaultProxy:
             log.warning("FaultProxy: upstream %s failed: %r", self.upstream, exc)
             return web.Response(status=502, text=f"FaultProxy: upstream failed: {exc!r}")
         async with upstream:
+            restamp = _RESTAMP.get(_classify(request)[2]) if self._clock_offset else None
+            if restamp is not None and upstream.status == 200:
+                return await self._restamped(upstream, restamp)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             date = self._date()
             for key, value in upstream.headers.items():
@@ -374,6 +382,49 @@ class FaultProxy:
                 if request.transport is not None:
                     request.transport.abort()
         return response
+
+    async def _restamped(
+        self, upstream: aiohttp.ClientResponse, restamp: Callable[[dict[str, Any], float], None]
+    ) -> web.Response:
+        """The upstream's answer whole, its record stamps moved by the clock offset."""
+        doc = json.loads(await upstream.read())
+        restamp(doc, self._clock_offset or 0.0)
+        # The body changed: its x-amz-crc32 (DynamoDB's, checked by botocore) goes.
+        kept = [(k, v) for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED]
+        headers = {k: v for k, v in kept if k.lower() != "x-amz-crc32"}
+        headers["Date"] = self._date() or headers.get("Date", "")
+        return web.Response(status=upstream.status, body=json.dumps(doc).encode(), headers=headers)
+
+
+def _restamp_kinesis(doc: dict[str, Any], offset: float) -> None:
+    for record in doc.get("Records", []):
+        record["ApproximateArrivalTimestamp"] += offset
+
+
+def _restamp_dynamodb(doc: dict[str, Any], offset: float) -> None:
+    for record in doc.get("Records", []):
+        change = record.get("dynamodb", {})
+        if "ApproximateCreationDateTime" in change:
+            change["ApproximateCreationDateTime"] += offset
+
+
+def _restamp_sqs(doc: dict[str, Any], offset: float) -> None:
+    for message in doc.get("Messages", []):
+        attrs = message.get("Attributes", {})
+        for name in ("SentTimestamp", "ApproximateFirstReceiveTimestamp"):
+            if name in attrs:
+                attrs[name] = str(int(attrs[name]) + round(offset * 1000))
+
+
+# The reads whose records carry AWS's time, by operation (all JSON protocol).
+_RESTAMP: Final[dict[str, Callable[[dict[str, Any], float], None]]] = {
+    "GetRecords": lambda doc, offset: (
+        _restamp_dynamodb(doc, offset)
+        if any("dynamodb" in r for r in doc.get("Records", []))
+        else _restamp_kinesis(doc, offset)
+    ),
+    "ReceiveMessage": _restamp_sqs,
+}
 
 
 def _classify(request: web.Request) -> tuple[str | None, str, str]:
