@@ -9,6 +9,7 @@ not this host's, and judge a record's age on AWS's clock too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from poller.aws import aws_client
+from poller.aws_clock import AwsClock
 from tests.integration.test_dynamodb import (  # noqa: F401  (_drop_targets: autouse clean-up)
     _drop_targets,
     make_source,
@@ -164,3 +167,30 @@ def test_a_record_s_age_is_judged_on_aws_clock(
         assert metric(d, "poller_records_total", stream=table, outcome="failed") == 0
         assert_skew_reported(d, table, -OFFSET, "retry.max_record_age_seconds=300")
         assert d.stop() == 0
+
+
+async def test_the_skew_is_measured_again_once_due(moto: MotoServer) -> None:
+    """A source's own client, through the proxy: the first call measures, the next
+    ones do not until the period has passed; then the new skew replaces the old.
+    (The period is half a second here, an hour in the daemon.)"""
+    p = FaultProxy(moto.url)
+    url = await p.start()
+    try:
+        p.set_clock_offset(-OFFSET)
+        clock = AwsClock("clock_again", every=0.5)
+        async with aws_client("sqs", "us-east-1", url) as sqs:
+            clock.watch(sqs)
+            await sqs.list_queues()
+            first = clock.last
+            assert first is not None and abs(first.seconds + OFFSET) <= first.within
+            p.set_clock_offset(OFFSET / 2)
+            await sqs.list_queues()
+            assert clock.last is first, "measured again before it was due"
+            await asyncio.sleep(0.6)
+            await sqs.list_queues()
+            again = clock.last
+            assert again is not first and again is not None
+            assert abs(again.seconds - OFFSET / 2) <= again.within
+            assert abs(clock.now() - (time.time() + OFFSET / 2)) <= again.within + 1
+    finally:
+        await p.stop()
