@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from poller.aws_clock import AwsClock
 from poller.config import ConfigError, SqsSource, StreamConfig
 from poller.destinations import build_destination
 from poller.observability import metrics
@@ -96,8 +97,11 @@ class StreamRunner:
             return
         try:
             await destination.open()
-            preparer = Preparer(cfg, sink)
-            source = self._source(sink, destination, preparer)
+            # One AWS clock for the stream: the source measures it on its clients and
+            # takes its stored start from it; records are judged old against it.
+            clock = AwsClock.of(cfg)
+            preparer = Preparer(cfg, sink, clock=clock.now)
+            source = self._source(sink, destination, preparer, clock)
             async with announced(sink, self.name):  # what the operator commands see as running
                 await source.run(stop)
         finally:
@@ -106,24 +110,24 @@ class StreamRunner:
             await destination.close()
             await sink.close()
 
-    def _source(self, sink: Sink, destination: Any, preparer: Preparer) -> Any:
+    def _source(self, sink: Sink, destination: Any, preparer: Preparer, clock: AwsClock) -> Any:
         kind = self.cfg.source.type
         if kind == "sqs":
             from poller.sources.sqs import SqsConsumer
 
             return SqsConsumer(
-                self.cfg, sink, destination, preparer, self._set_source_ready, self._set_health
+                self.cfg, sink, destination, preparer, self._set_source_ready, self._set_health, clock
             )
         if kind == "kinesis":
             from poller.sources.kinesis import KinesisConsumer
 
             return KinesisConsumer(
-                self.cfg, sink, destination, preparer, self._set_source_ready, self._set_health
+                self.cfg, sink, destination, preparer, self._set_source_ready, self._set_health, clock
             )
         from poller.sources.dynamodb_streams import DynamoDBStreamsConsumer
 
         return DynamoDBStreamsConsumer(
-            self.cfg, sink, destination, preparer, self._set_source_ready, self._set_health
+            self.cfg, sink, destination, preparer, self._set_source_ready, self._set_health, clock
         )
 
     async def _open_sink(self, sink: Sink, stop: asyncio.Event) -> None:

@@ -91,6 +91,12 @@ THROTTLES = Counter(
 SHARDS = Gauge("poller_shards", "Shards by state: waiting_on_parent, reading, ended.", ["stream", "state"])
 BLOCKED = Gauge("poller_blocked", "1 while retries hold a shard (or SQS batch).", ["stream", "shard"])
 READY = Gauge("poller_stream_ready", "1 when the stream has reached its source and its sink.", ["stream"])
+CLOCK_SKEW = Gauge(
+    "poller_clock_skew_seconds",
+    "AWS's clock minus this host's (positive: AWS ahead), from the Date header of an AWS response "
+    "at start and hourly; known within 0.5 s (the header's resolution) plus half the round trip.",
+    ["stream"],
+)
 LEASES_HELD = Gauge("poller_leases_held", "Shard leases held by this process.", ["stream"])
 DUPLICATE_WORKER_ID = Gauge(
     "poller_duplicate_worker_id",

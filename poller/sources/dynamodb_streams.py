@@ -407,6 +407,8 @@ class DynamoDBStreamsConsumer(SourceConsumer):
         ):
             fast_parse.install(client, ["GetRecords"])  # as for Kinesis: the parser is most of the CPU
             fast_parse.install(ddb, ["Scan"])
+            self.clock.watch(client)
+            self.clock.watch(ddb)
             api = DynamoDBShardApi(client, arn, name, region, on_retention_gap=policy, policy_field=field)
             status = await retrying(stop, name, "DescribeStream", api.describe)
             if status is None:
@@ -458,6 +460,7 @@ class DynamoDBStreamsConsumer(SourceConsumer):
             self.on_health,
             stream_arn=arn,
             view_type=view_type,
+            now=self.clock.now_utc,
         )
 
     def _fleet(self, api: DynamoDBShardApi) -> ShardFleet:
@@ -494,6 +497,7 @@ class DynamoDBStreamsConsumer(SourceConsumer):
         table = src.table or split_stream_arn(src.stream_arn or "")[0]
         async with aws_client("dynamodb", region, src.endpoint_url, max_attempts=0) as ddb:
             fast_parse.install(ddb, ["Scan"])
+            self.clock.watch(ddb)
             snapshot = self._snapshot(ddb, table, region, None, None)
             if not await snapshot.load(stop):
                 return
@@ -512,6 +516,7 @@ class DynamoDBStreamsConsumer(SourceConsumer):
         assert table is not None
 
         async with aws_client("dynamodb", region, self.src.endpoint_url, max_attempts=0) as ddb:
+            self.clock.watch(ddb)
 
             async def describe() -> str:
                 try:

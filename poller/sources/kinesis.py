@@ -271,6 +271,7 @@ class KinesisConsumer(SourceConsumer):
         region = region_of(self.src.region or arn_region)
         async with aws_client("kinesis", region, self.src.endpoint_url, max_attempts=0) as client:
             fast_parse.install(client, ["GetRecords"])  # botocore's parser is most of a record's CPU
+            self.clock.watch(client)
             policy = self.src.retention_gap_policy
             api = KinesisShardApi(client, name, self.cfg.name, region, arn or "", on_retention_gap=policy)
             if await retrying(stop, self.cfg.name, "DescribeStreamSummary", api.describe) is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from poller.aws import aws_client, classify_aws, error_code, is_throttling
+from poller.aws_clock import AwsClock
 from poller.config import SqsSource, StreamConfig
 from poller.observability import metrics
 from poller.observability.logging import get_logger
@@ -113,8 +114,9 @@ class SqsConsumer(SourceConsumer):
         preparer: Preparer,
         on_source_ready: Callable[[], None],
         on_health: Callable[[bool], None],
+        clock: AwsClock | None = None,
     ):
-        super().__init__(cfg, sink, destination, preparer, on_source_ready, on_health)
+        super().__init__(cfg, sink, destination, preparer, on_source_ready, on_health, clock)
         assert isinstance(cfg.source, SqsSource)
         self.src: SqsSource = cfg.source
         self.inflight: dict[str, InFlight] = {}
@@ -149,6 +151,9 @@ class SqsConsumer(SourceConsumer):
         ) as client:
             self.client = client
             fast_parse.install(client, ["ReceiveMessage"])
+            # GetQueueAttributes is measured first; later, a long poll that waited is
+            # too long a round trip to use, and the next call is measured instead.
+            self.clock.watch(client)
             if not await self._describe(stop):
                 return
             self.on_source_ready()

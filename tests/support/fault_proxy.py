@@ -28,6 +28,14 @@ reproducible for a given seed and request order.
 ``hold(targets)`` keeps the matching requests waiting, unforwarded, until
 ``release()``: a test can then act between a client's decision and its write
 landing (``held`` counts the requests waiting or let through).
+
+``set_clock_offset(seconds)`` plays an AWS whose clock is that far from this host's:
+every response (forwarded or injected) then carries ``Date:`` this host's time plus
+the offset, in HTTP's one-second format, as AWS stamps it when it answers; and the
+records it returns carry their stamps moved by the offset (the emulator stamps them
+on this host's clock): Kinesis ``ApproximateArrivalTimestamp``, DynamoDB Streams
+``ApproximateCreationDateTime``, SQS ``SentTimestamp`` and
+``ApproximateFirstReceiveTimestamp``.
 """
 
 from __future__ import annotations
@@ -39,9 +47,12 @@ import json
 import logging
 import random
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from email.utils import formatdate
+from typing import Any, Final, Literal
 
 import aiohttp
 from aiohttp import web
@@ -180,6 +191,7 @@ class FaultProxy:
         self._upstream_timeout = upstream_timeout
         self._throttle_errors = {**THROTTLE_ERRORS, **(throttle_errors or {})}
         self._faults = FaultSettings()
+        self._clock_offset: float | None = None
         self.injected: collections.Counter[str] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
@@ -281,6 +293,17 @@ class FaultProxy:
             only_targets=None if only_targets is None else frozenset(only_targets),
         )
 
+    def set_clock_offset(self, seconds: float | None) -> None:
+        """Stamp every response's ``Date`` this far from this host's clock (None: leave
+        the upstream's header as it is)."""
+        self._clock_offset = seconds
+
+    def _date(self) -> str | None:
+        """The ``Date`` of a response answered now, when the clock is offset."""
+        if self._clock_offset is None:
+            return None
+        return formatdate(time.time() + self._clock_offset, usegmt=True)
+
     def reset_counters(self) -> None:
         self.injected.clear()
         self.requests.clear()
@@ -327,6 +350,9 @@ class FaultProxy:
         headers = {"x-amzn-RequestId": request_id}
         if spec.query_error is not None:
             headers["x-amzn-query-error"] = spec.query_error
+        date = self._date()
+        if date is not None:
+            headers["Date"] = date
         payload = json.dumps({"__type": spec.type, "message": spec.message})
         return web.Response(
             status=spec.status,
@@ -352,10 +378,16 @@ class FaultProxy:
             log.warning("FaultProxy: upstream %s failed: %r", self.upstream, exc)
             return web.Response(status=502, text=f"FaultProxy: upstream failed: {exc!r}")
         async with upstream:
+            restamp = _RESTAMP.get(_classify(request)[2]) if self._clock_offset else None
+            if restamp is not None and upstream.status == 200:
+                return await self._restamped(upstream, restamp)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            date = self._date()
             for key, value in upstream.headers.items():
-                if key.lower() not in _NOT_FORWARDED:
+                if key.lower() not in _NOT_FORWARDED and not (date and key.lower() == "date"):
                     response.headers.add(key, value)
+            if date is not None:
+                response.headers["Date"] = date
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             try:
@@ -369,6 +401,49 @@ class FaultProxy:
                 if request.transport is not None:
                     request.transport.abort()
         return response
+
+    async def _restamped(
+        self, upstream: aiohttp.ClientResponse, restamp: Callable[[dict[str, Any], float], None]
+    ) -> web.Response:
+        """The upstream's answer whole, its record stamps moved by the clock offset."""
+        doc = json.loads(await upstream.read())
+        restamp(doc, self._clock_offset or 0.0)
+        # The body changed: its x-amz-crc32 (DynamoDB's, checked by botocore) goes.
+        kept = [(k, v) for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED]
+        headers = {k: v for k, v in kept if k.lower() != "x-amz-crc32"}
+        headers["Date"] = self._date() or headers.get("Date", "")
+        return web.Response(status=upstream.status, body=json.dumps(doc).encode(), headers=headers)
+
+
+def _restamp_kinesis(doc: dict[str, Any], offset: float) -> None:
+    for record in doc.get("Records", []):
+        record["ApproximateArrivalTimestamp"] += offset
+
+
+def _restamp_dynamodb(doc: dict[str, Any], offset: float) -> None:
+    for record in doc.get("Records", []):
+        change = record.get("dynamodb", {})
+        if "ApproximateCreationDateTime" in change:
+            change["ApproximateCreationDateTime"] += offset
+
+
+def _restamp_sqs(doc: dict[str, Any], offset: float) -> None:
+    for message in doc.get("Messages", []):
+        attrs = message.get("Attributes", {})
+        for name in ("SentTimestamp", "ApproximateFirstReceiveTimestamp"):
+            if name in attrs:
+                attrs[name] = str(int(attrs[name]) + round(offset * 1000))
+
+
+# The reads whose records carry AWS's time, by operation (all JSON protocol).
+_RESTAMP: Final[dict[str, Callable[[dict[str, Any], float], None]]] = {
+    "GetRecords": lambda doc, offset: (
+        _restamp_dynamodb(doc, offset)
+        if any("dynamodb" in r for r in doc.get("Records", []))
+        else _restamp_kinesis(doc, offset)
+    ),
+    "ReceiveMessage": _restamp_sqs,
+}
 
 
 def _classify(request: web.Request) -> tuple[str | None, str, str]:

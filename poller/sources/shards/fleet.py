@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from poller.config import StreamConfig
 from poller.coordination import (
@@ -89,8 +90,10 @@ class ShardFleet:
         on_source_ready: Callable[[], None],
         on_health: Callable[[bool], None],
         publisher: Callable[[ShardInfo], RecordsPublisher] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.name = cfg.name
+        self.now = now  # AWS's clock (`AwsClock.now_utc`): where a LATEST start lies
         self.api = api
         self.opts = opts
         self.sink = sink
@@ -137,6 +140,7 @@ class ShardFleet:
             source.preparer,
             source.on_source_ready,
             source.on_health,
+            now=source.clock.now_utc,
         )
 
     def _polling(self, shard: ShardInfo) -> RecordsPublisher:
@@ -253,7 +257,7 @@ class ShardFleet:
     async def _keep_start(self, stop: asyncio.Event) -> bool:
         """Store a LATEST / AT_TIMESTAMP start before any shard is opened. With
         leases it is stored only if absent: every worker uses the first one's."""
-        since = self.opts.start_moment()
+        since = self.opts.start_moment(self.now())
         if since is None:
             return True
         row = start_row(self.name, since)

@@ -8,7 +8,7 @@ restart keeps to it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from poller.config import DynamoDBSource, KinesisSource, StreamConfig
 from poller.sources.shards.api import AT_TIMESTAMP, LATEST, TRIM_HORIZON, StartAt
@@ -54,12 +54,13 @@ class ShardOptions:
             return StartAt(AT_TIMESTAMP, timestamp=self.starting_timestamp)
         return StartAt(self.starting_position)
 
-    def start_moment(self) -> datetime | None:
+    def start_moment(self, now: datetime) -> datetime | None:
         """Where the configured start lies in time, for a restart before every shard
-        committed. LATEST is this host's clock, taken back by a margin so a clock a
-        little ahead of AWS's loses nothing (a restart may read that much before)."""
+        committed. LATEST is `now` (AWS's clock: `AwsClock`), taken back by a margin
+        so a clock still a little off AWS's loses nothing (a restart may read that
+        much before)."""
         if self.starting_position == AT_TIMESTAMP:
             return self.starting_timestamp
         if self.starting_position == LATEST:
-            return datetime.now(UTC) - timedelta(seconds=self.latest_margin)
+            return now - timedelta(seconds=self.latest_margin)
         return None

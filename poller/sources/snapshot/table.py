@@ -8,8 +8,9 @@ Its life, in its rows (`rows`):
                                      ▲                                 │
                                      └───────────── resync ◄───────────┘  (on_retention_gap: snapshot)
 
-- begin: one transaction writes `#snapshot` (began = now minus the source's
-  `latest_margin_seconds`, room for a host clock ahead of AWS's) and, when the
+- begin: one transaction writes `#snapshot` (began = AWS's time, `AwsClock`,
+  minus the source's `latest_margin_seconds`, room for what the measured skew
+  does not know) and, when the
   stream has no shard rows yet, `#start` at the same moment: the stream is read
   from there after the scan, so every change made during it is applied after it.
   A stream that has shard rows already keeps them: they are older still.
@@ -69,8 +70,10 @@ class TableSnapshot:
         on_health: Callable[[bool], None],
         stream_arn: str | None = None,
         view_type: str | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         assert isinstance(cfg.source, DynamoDBSource)
+        self.now = now  # AWS's clock (`AwsClock.now_utc`): the snapshot's moments are the stream's
         self.cfg = cfg
         self.src = cfg.source
         self.name = cfg.name
@@ -158,7 +161,7 @@ class TableSnapshot:
         stale = [cid for cid in self.rows if is_snapshot_row(cid) and cid != SNAPSHOT_ID]
         if not await self._delete(stop, "dropping an old snapshot's segment rows", stale):
             return False
-        began = datetime.now(UTC) - timedelta(seconds=self.src.latest_margin_seconds)
+        began = self.now() - timedelta(seconds=self.src.latest_margin_seconds)
         state = SnapshotState(began, self.src.snapshot.segments, resync=resync)
         rows = [state.row(self.name)]
         if resync or not self.shard_rows():
@@ -183,15 +186,16 @@ class TableSnapshot:
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Begin or resume, scan to the end, mark done; False if `stop` came first."""
+        if self.state is not None and self.state.done is not None:
+            return True
+        # DescribeTable first: its answer also measures AWS's clock, which `begin` reads.
+        info = await retrying(stop, self.name, "DescribeTable", self.api.describe, table=self.api.table)
+        if info is None:
+            return False
         if self.state is None and not await self.begin(stop):
             return False
         state = self.state
         assert state is not None
-        if state.done is not None:
-            return True
-        info = await retrying(stop, self.name, "DescribeTable", self.api.describe, table=self.api.table)
-        if info is None:
-            return False
         if state.segments != self.src.snapshot.segments:
             log.warning(
                 "snapshot resumed with the segment count it began with",
@@ -203,7 +207,7 @@ class TableSnapshot:
             return False
         if state.resync and not await self._delete(stop, "dropping stale shard rows", self.shard_rows()):
             return False
-        done = SnapshotState(state.began, state.segments, datetime.now(UTC), state.resync)
+        done = SnapshotState(state.began, state.segments, self.now(), state.resync)
         if not await self._commit(stop, "recording the snapshot done", [done.row(self.name)]):
             return False
         self.state = done
@@ -293,7 +297,7 @@ class TableSnapshot:
     def _log_progress(self, state: SnapshotState, budget: ReadBudget, started: float) -> float:
         """One progress line; returns how long the snapshot has run (seconds since it began)."""
         items = sum(p.items for p in self.progress)
-        running = (datetime.now(UTC) - state.began).total_seconds()
+        running = (self.now() - state.began).total_seconds()
         elapsed = max(time.monotonic() - started, 1e-9)
         log.info(
             "snapshot progress",
