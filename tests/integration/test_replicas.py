@@ -39,8 +39,10 @@ from tests.integration.test_kinesis import (
 from tests.support import db
 from tests.support.aws import client, streamed_table
 from tests.support.daemon import Daemon, metric, wait_for
+from tests.support.fault_proxy import DYNAMODB_ITEM_WRITES, FaultProxy
 from tests.support.servers import Kinesalite, MotoServer
 from tests.support.tables import create_logged_table
+from tests.support.threaded import LoopThread
 
 pytestmark = pytest.mark.integration
 
@@ -449,7 +451,23 @@ def test_a_rolling_restart_through_a_split_and_a_merge_writes_every_record_once_
 # --------------------------------------------------------------------------- other lease stores
 
 
-def handler_stream(name: str, stream: str, endpoint: str, tmp: Path, worker: str) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def lease_table_url(moto: MotoServer) -> Iterator[str]:
+    """moto behind a proxy that forwards DynamoDB's item writes one at a time, as
+    DynamoDB makes them: on moto alone two replicas' concurrent conditional takes of
+    one lease may both succeed."""
+    loop = LoopThread()
+    proxy = FaultProxy(moto.url, serialize=DYNAMODB_ITEM_WRITES)
+    try:
+        yield loop.run(proxy.start())
+    finally:
+        loop.run(proxy.stop())
+        loop.close()
+
+
+def handler_stream(
+    name: str, stream: str, endpoint: str, tmp: Path, worker: str, leases: str | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
         "source": {
@@ -470,7 +488,7 @@ def handler_stream(name: str, stream: str, endpoint: str, tmp: Path, worker: str
         "coordination": {
             "lease_store": "dynamodb",
             "table": f"{name}-leases",
-            "endpoint_url": endpoint,
+            "endpoint_url": leases or endpoint,
             "region": "us-east-1",
             "lease_seconds": LEASE,
             "worker_id": worker,
@@ -488,7 +506,7 @@ def put_ids(kinesis: Any, stream: str, ids: range) -> None:
 
 
 def test_handler_replicas_share_shards_through_dynamodb_and_keep_checkpoints_there(
-    moto: MotoServer, tmp_path: Path
+    moto: MotoServer, lease_table_url: str, tmp_path: Path
 ) -> None:
     """User code, no shared database: leases and checkpoints in a DynamoDB table
     (created by the first replica). Two replicas split four shards; one stops, the
@@ -498,7 +516,10 @@ def test_handler_replicas_share_shards_through_dynamodb_and_keep_checkpoints_the
     create_stream(kinesis, name, 4)
     log = tmp_path / "handled.jsonl"
     env = {"HANDLER_LOG": str(log)}
-    daemons = {w: Daemon([handler_stream(name, name, moto.url, tmp_path, w)], env=env) for w in ("h1", "h2")}
+    daemons = {
+        w: Daemon([handler_stream(name, name, moto.url, tmp_path, w, lease_table_url)], env=env)
+        for w in ("h1", "h2")
+    }
 
     def held(w: str) -> int:
         return int(daemons[w].metric(f'poller_leases_held{{stream="{name}"}}', -1))
@@ -693,7 +714,7 @@ def test_two_processes_sharing_a_worker_id_never_both_pass_the_fence(
 
 
 def test_two_handler_processes_sharing_a_worker_id_deliver_every_record_once(
-    moto: MotoServer, tmp_path: Path
+    moto: MotoServer, lease_table_url: str, tmp_path: Path
 ) -> None:
     """The same mistake with user code and leases in DynamoDB: the handler's journal
     holds each record once, and the alarm fires."""
@@ -704,7 +725,7 @@ def test_two_handler_processes_sharing_a_worker_id_deliver_every_record_once(
     env = {"HANDLER_LOG": str(log)}
     daemons: dict[str, Daemon] = {}
     for process in ("p1", "p2"):
-        cfg = handler_stream(name, name, moto.url, tmp_path, "same-id")
+        cfg = handler_stream(name, name, moto.url, tmp_path, "same-id", lease_table_url)
         cfg["sink"]["checkpoint_dsn"] = str(tmp_path / f"{process}.sqlite")
         daemons[process] = Daemon([cfg], env=env)
 

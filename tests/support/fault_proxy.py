@@ -29,6 +29,12 @@ reproducible for a given seed and request order.
 ``release()``: a test can then act between a client's decision and its write
 landing (``held`` counts the requests waiting or let through).
 
+``serialize`` names operations forwarded one at a time: moto's DynamoDB checks a
+``ConditionExpression`` and then writes without a lock, so two concurrent
+conditional writes of one item may both succeed on moto, where DynamoDB serialises
+the writes of an item and one of them fails its condition. Lease stores put
+through such a proxy meet DynamoDB's rule (``DYNAMODB_ITEM_WRITES``).
+
 ``set_clock_offset(seconds)`` plays an AWS whose clock is that far from this host's:
 every response (forwarded or injected) then carries ``Date:`` this host's time plus
 the offset, in HTTP's one-second format, as AWS stamps it when it answers; and the
@@ -59,7 +65,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-__all__ = ["SERVER_ERRORS", "THROTTLE_ERRORS", "ErrorSpec", "FaultProxy", "FaultSettings"]
+__all__ = [
+    "DYNAMODB_ITEM_WRITES",
+    "SERVER_ERRORS",
+    "THROTTLE_ERRORS",
+    "ErrorSpec",
+    "FaultProxy",
+    "FaultSettings",
+]
+
+# DynamoDB's writes of an item, which it serialises (see `serialize`).
+DYNAMODB_ITEM_WRITES: Final = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems"})
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +196,7 @@ class FaultProxy:
         seed: int = 0,
         upstream_timeout: float = 60.0,
         throttle_errors: dict[str, ErrorSpec] | None = None,
+        serialize: frozenset[str] = frozenset(),
     ) -> None:
         """``upstream_timeout`` bounds each upstream read; it must exceed the 20 s of a
         long-polling SQS ``ReceiveMessage``. ``throttle_errors`` overrides entries of
@@ -200,6 +217,8 @@ class FaultProxy:
         self._hold: frozenset[str] = frozenset()
         self._released = asyncio.Event()
         self.held: collections.Counter[str] = collections.Counter()
+        self._serialize = serialize
+        self._one_at_a_time: asyncio.Lock | None = None  # made on the proxy's loop
 
     def hold(self, targets: set[str]) -> None:
         """Keep requests for these operations waiting until `release()` (call on the proxy's loop)."""
@@ -331,6 +350,11 @@ class FaultProxy:
                     spec = self._throttle_errors[service]
                 return self._error_response(spec, content_type)
         self.requests[operation] += 1
+        if operation in self._serialize:
+            if self._one_at_a_time is None:
+                self._one_at_a_time = asyncio.Lock()
+            async with self._one_at_a_time:
+                return await self._forward(request, body)
         return await self._forward(request, body)
 
     def _draw(self, faults: FaultSettings) -> FaultKind | None:
