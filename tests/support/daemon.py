@@ -96,15 +96,18 @@ class Daemon:
             time.sleep(0.1)
         raise AssertionError(f"daemon not ready after {timeout}s:\n{self.tail()}")
 
-    def metrics(self) -> dict[str, float]:
-        # A scrape can time out on a loaded machine: try again before failing.
-        for _ in range(3):
+    def metrics(self, timeout: float = 60) -> dict[str, float]:
+        # A daemon just started is not listening yet, and a scrape can time out on a
+        # loaded machine: wait while it lives. `timeout` means "never answers", not "slow".
+        deadline = time.monotonic() + timeout
+        while True:
             status, text = self.get("/metrics")
             if status == 200:
                 return parse_metrics(text)
             self.check_alive()
-            time.sleep(0.5)
-        raise AssertionError(f"/metrics answered {status}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"/metrics answered {status} for {timeout:.0f} s")
+            time.sleep(0.2)
 
     def metric(self, sample: str, default: float = 0.0) -> float:
         """One sample's value, or `default` while the daemon is not answering yet."""
