@@ -268,7 +268,21 @@ def test_three_replicas_hold_four_leases_each_and_write_every_record_once(
 
 
 def balanced(r: Replicas, workers: list[str]) -> None:
-    wait_for(lambda: [r.held(w) for w in workers] == [4] * len(workers), 4 * LEASE + 10, message="balanced")
+    """Every replica ready, then 4 leases each. The bound is counted from ready:
+    three replicas starting together on two shared cores may take many seconds
+    to import and open, which says nothing about leasing."""
+    for w in workers:
+        r.daemons[w].wait_ready(60)
+    seen: list[list[int]] = []
+
+    def even() -> bool:
+        seen.append([r.held(w) for w in workers])
+        return seen[-1] == [4] * len(workers)
+
+    try:
+        wait_for(even, 4 * LEASE + 10, message="balanced")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; leases held, last samples: {seen[-10:]}") from None
 
 
 # --------------------------------------------------------------------------- takeover

@@ -99,32 +99,36 @@ def put_all(kinesis: Any, stream: str, payloads: list[bytes]) -> str:
     return last
 
 
+@dataclass(frozen=True)
+class Probe:
+    at: float  # when it was sent, on the wall clock (to compare with the daemon's log)
+    latency: float  # seconds until the answer, or until it failed
+    error: str | None  # why it got no 200, if it did not
+
+
 class HealthProbe:
     """`GET /healthz` every `interval` seconds (from one probe's start to the
-    next's) on a new connection, as an orchestrator probes; keeps every answer's
-    latency and any probe that got none."""
+    next's) on a new connection, as an orchestrator probes; keeps every probe."""
 
     def __init__(self, port: int, interval: float = 0.1):
         self.url = f"http://127.0.0.1:{port}/healthz"
         self.interval = interval
-        self.latencies: list[float] = []
-        self.at: list[float] = []  # when each probe started, on the wall clock (to compare with the log)
-        self.errors: list[str] = []
+        self.probes: list[Probe] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.monotonic()
+            at, started = time.time(), time.monotonic()
+            error = None
             try:
                 with urllib.request.urlopen(self.url, timeout=2) as r:
                     r.read()
                     if r.status != 200:
-                        self.errors.append(f"status {r.status}")
+                        error = f"status {r.status}"
             except Exception as e:
-                self.errors.append(f"{type(e).__name__}: {e}")
-            self.latencies.append(time.monotonic() - started)
-            self.at.append(time.time())
+                error = f"{type(e).__name__}: {e}"
+            self.probes.append(Probe(at, time.monotonic() - started, error))
             self._stop.wait(max(0.0, started + self.interval - time.monotonic()))
 
     @contextmanager
@@ -136,13 +140,19 @@ class HealthProbe:
             self._stop.set()
             self._thread.join(5)
 
-    def slowest(self, n: int = 3) -> str:
-        """The `n` slowest answers with their wall-clock moments, for a message."""
-        worst = sorted(zip(self.latencies, self.at, strict=True), reverse=True)[:n]
-        return ", ".join(
-            f"{lat * 1000:.0f} ms at {time.strftime('%H:%M:%S', time.gmtime(at))}.{int(at % 1 * 1000):03d}Z"
-            for lat, at in worst
-        )
+    def since(self, moment: float) -> list[Probe]:
+        """The probes sent at `moment` (wall clock) or later."""
+        return [p for p in list(self.probes) if p.at >= moment]
+
+
+def slowest(probes: list[Probe], n: int = 3) -> str:
+    """The `n` slowest probes with their wall-clock moments, for a message."""
+    worst = sorted(probes, key=lambda p: p.latency, reverse=True)[:n]
+    return ", ".join(
+        f"{p.latency * 1000:.0f} ms at {time.strftime('%H:%M:%S', time.gmtime(p.at))}"
+        f".{int(p.at % 1 * 1000):03d}Z"
+        for p in worst
+    )
 
 
 @dataclass
@@ -152,6 +162,7 @@ class KinesisRun:
     table: str
     bad: dict[bytes, BadRecord]
     probe: HealthProbe
+    contained_from: float  # wall clock: the daemon ready, the records about to be put
     failed_metric: float
 
 
@@ -167,7 +178,8 @@ def run_kinesis(
 ) -> KinesisRun:
     """The workload through `poller run` from a 1-shard stream (created by the
     caller) into `table`, probed from start-up to a second after the checkpoint
-    reached the last record; the daemon is stopped (exit 0) before it returns."""
+    reached the last record (the probes from `contained_from` on are those sent
+    while records were contained); the daemon is stopped (exit 0) before it returns."""
     payloads, bad = workload(for_sqs=False)
     source = {
         "type": "kinesis",
@@ -191,6 +203,7 @@ def run_kinesis(
         wait_http(d)
         with HealthProbe(d.port, probe_interval).running() as probe:
             d.wait_ready()
+            contained_from = time.time()
             last = put_all(kinesis, stream, payloads)
             try:
                 wait_for(
@@ -202,7 +215,7 @@ def run_kinesis(
             failed = metric(d, "poller_records_total", stream=table, outcome="failed")
             d.check_alive()
         assert d.stop() == 0
-    return KinesisRun(table, bad, probe, failed)
+    return KinesisRun(table, bad, probe, contained_from, failed)
 
 
 def wait_http(d: Daemon) -> None:

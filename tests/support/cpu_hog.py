@@ -18,7 +18,9 @@ from typing import Self
 
 # Spins; every ~50 M iterations checks that its parent still lives (it is
 # re-parented when the parent dies), so an interrupted run leaves no hog behind.
-_SPIN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(50_000_000): pass\n"
+_SPIN = (
+    "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(50_000_000): pass\n"
+)
 
 
 class CpuHog:
