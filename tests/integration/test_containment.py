@@ -131,6 +131,7 @@ def _id(payload: bytes) -> int:
 # --------------------------------------------------------------------------- the tests
 
 
+@pytest.mark.timing
 def test_kinesis_bad_values_never_block_the_shard(
     moto: MotoServer, database: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -145,6 +146,7 @@ def test_kinesis_bad_values_never_block_the_shard(
     assert_contained(kind, dsn, table, run.bad, run.failed_metric)
 
 
+@pytest.mark.timing
 def test_sqs_bad_values_never_block_the_queue(
     moto: MotoServer, database: tuple[str, str], tmp_path: Path
 ) -> None:

@@ -67,6 +67,7 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
         return False
 
 
+@pytest.mark.timing
 def test_a_client_that_never_finishes_its_headers_is_dropped(daemon: Daemon) -> None:
     slow = socket.create_connection(("127.0.0.1", daemon.port))
     started = time.monotonic()
@@ -81,6 +82,7 @@ def test_a_client_that_never_finishes_its_headers_is_dropped(daemon: Daemon) -> 
         slow.close()
 
 
+@pytest.mark.timing
 def test_a_flood_of_idle_connections_does_not_keep_healthz_out(daemon: Daemon) -> None:
     flood = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(400)]
     try:

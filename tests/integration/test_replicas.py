@@ -227,6 +227,7 @@ class CheckpointWatch:
 # --------------------------------------------------------------------------- balance
 
 
+@pytest.mark.timing
 def test_three_replicas_hold_four_leases_each_and_write_every_record_once(
     kinesalite: Kinesalite, database: tuple[str, str]
 ) -> None:
@@ -288,6 +289,7 @@ def balanced(r: Replicas, workers: list[str]) -> None:
 # --------------------------------------------------------------------------- takeover
 
 
+@pytest.mark.timing
 def test_a_replica_killed_under_load_has_its_shards_taken_once_its_lease_expires(
     kinesalite: Kinesalite, pg_dsn: str
 ) -> None:
@@ -348,6 +350,7 @@ def test_a_replica_killed_under_load_has_its_shards_taken_once_its_lease_expires
     r.check_exactly_once()
 
 
+@pytest.mark.timing
 def test_a_paused_zombie_is_fenced_out_and_gives_its_shards_up(
     kinesalite: Kinesalite, mysql_dsn: str
 ) -> None:
@@ -407,6 +410,7 @@ def test_a_paused_zombie_is_fenced_out_and_gives_its_shards_up(
 # --------------------------------------------------------------------------- rolling restart
 
 
+@pytest.mark.timing
 def test_a_rolling_restart_through_a_split_and_a_merge_writes_every_record_once_in_key_order(
     kinesalite: Kinesalite, pg_dsn: str
 ) -> None:
