@@ -273,7 +273,7 @@ def balanced(r: Replicas, workers: list[str]) -> None:
     three replicas starting together on two shared cores may take many seconds
     to import and open, which says nothing about leasing."""
     for w in workers:
-        r.daemons[w].wait_ready(60)
+        r.daemons[w].wait_ready()
     seen: list[list[int]] = []
 
     def even() -> bool:
