@@ -2,9 +2,9 @@
 finishes its request headers is dropped within seconds, and neither it nor a
 flood of idle connections keeps `/healthz` from answering at once.
 
-"At once" is asserted as what a held server breaks: every probe answered in
-under a second (a server that served the slow client first would make a probe
-wait for its 5 s header limit). How fast it answers is a figure for
+"At once" is asserted as what a held server breaks: every probe answered well
+within the server's 5 s header limit, which a probe served after the slow or
+idle clients would wait for. How fast it answers is a figure for
 bench/containment.py, not a pass mark: on shared cores a probe may wait for a
 core."""
 
@@ -46,7 +46,10 @@ def healthz_seconds(d: Daemon) -> float:
     return elapsed
 
 
-HELD = 1.0  # seconds: a probe answered this late was kept waiting by the other clients
+# Seconds: a probe answered this late was kept waiting by the other clients. Half the
+# server's 5 s header limit, which a probe queued behind idle clients would wait for;
+# accepting a flood of 400 connections on two loaded cores was seen to take 1 s.
+HELD = 2.5
 
 
 def probe(d: Daemon, n: int = 7) -> list[float]:

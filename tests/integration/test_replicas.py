@@ -49,6 +49,10 @@ PG = "postgres"
 LEASE = 3.0  # lease_seconds
 RENEW = LEASE / 3
 SHARDS = 12
+# How long the database lets a frozen replica's session sit in an open transaction
+# (`sinks.factory.idle_in_transaction_seconds`): the row and lease locks of a zombie
+# stopped mid-commit hold its successors back until then.
+FROZEN_TX = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -373,15 +377,18 @@ def test_a_paused_zombie_is_fenced_out_and_gives_its_shards_up(
             its = {s for s, owner in r.owners().items() if owner == "z1"}
             zombie.signal(signal.SIGSTOP)
             try:
+                # Broken means never: stopped mid-commit (likelier on loaded cores, where a
+                # commit takes longer), the zombie holds its lease rows' locks until the
+                # server ends its session; then the takers' next round takes them.
                 wait_for(
                     lambda: all(r.owners()[s] in ("z2", "z3") for s in its),
-                    LEASE + RENEW + 10,
+                    FROZEN_TX + LEASE + RENEW + 10,
                     message="the zombie's shards taken",
                 )
                 progressed = dict(watch.highest)
                 wait_for(
                     lambda: sum(watch.highest.get(s, 0) > progressed.get(s, 0) for s in its) >= 2,
-                    20,
+                    FROZEN_TX + 20,
                     message="the new holders commit",
                 )
             finally:
