@@ -11,7 +11,7 @@ import argparse
 import subprocess
 import sys
 
-ORDER = ["sinks", "sqs", "kinesis_e2e", "latency", "memory", "idle", "snapshot", "replicas"]
+ORDER = ["sinks", "sqs", "kinesis_e2e", "latency", "memory", "idle", "snapshot", "replicas", "containment"]
 
 
 def main() -> int:

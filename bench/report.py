@@ -145,6 +145,21 @@ def rows(folder: Path) -> list[tuple[str, str, str, str, str]]:
                 rep["recorded_at"],
             )
         )
+    contain = _load(folder, "containment")
+    if contain is not None:
+        quiet = [c for c in contain["conditions"] if c["hogs"] == 0]
+        for c in quiet:
+            s = c["summary"]
+            out.append(
+                (
+                    f"11. /healthz while bad records are contained ({c['database']}, no hog)",
+                    "< 100 ms throughout",
+                    f"p50 {s['p50'] * 1000:.1f} ms, p99 {s['p99'] * 1000:.0f} ms, slowest "
+                    f"{s['max'] * 1000:.0f} ms; {s['over_target']} of {s['probes']} probes ≥ 100 ms",
+                    "**met**" if s["over_target"] == 0 and not c["errors"] else "**not met**",
+                    contain["recorded_at"],
+                )
+            )
     return out
 
 

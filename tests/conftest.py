@@ -1,6 +1,11 @@
 """Shared fixtures: the real servers the integration tests talk to.
 
 With CI=true a missing service is a failure, never a silent skip.
+
+`--cpu-hog N` (or POLLER_TEST_CPU_HOG=N) keeps N cores busy with spinning
+processes for the whole session: run the tests marked `timing` that way before
+submitting (`pytest -m timing --cpu-hog 1`), so a bound that only holds on a
+quiet machine fails here rather than by chance in CI.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.cpu_hog import CpuHog
 from tests.support.daemon import kill_leftovers
 from tests.support.servers import MotoServer
 
@@ -22,6 +28,23 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu-hog",
+        type=int,
+        default=int(os.environ.get("POLLER_TEST_CPU_HOG", "0") or 0),
+        metavar="N",
+        help="keep N cores busy with spinning processes while the tests run (default: "
+        "$POLLER_TEST_CPU_HOG or 0); for the tests marked `timing`",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_hog(request: pytest.FixtureRequest) -> Iterator[None]:
+    with CpuHog(request.config.getoption("--cpu-hog")):
+        yield
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -30,6 +30,7 @@ BENCHMARKS = [
     ("bench.fuzz", [], True),
     ("bench.snapshot", [], False),
     ("bench.replicas", [], False),
+    ("bench.containment", [], False),
 ]
 
 

@@ -216,12 +216,14 @@ def test_sigkill_mid_snapshot_resumes_and_a_finished_one_is_not_repeated(
         assert d.stop() == 0
 
 
+@pytest.mark.timing
 def test_read_budget_holds_and_only_mode_stops_after_the_scan(
     ddb: Any, pg_dsn: str, proxy: tuple[LoopThread, FaultProxy]
 ) -> None:
     """`mode: only` with a budget of 20 read units per second, 10 % of the Scans
     throttled: units consumed per second (the Scan responses' ConsumedCapacity)
-    stay within 20 % of the budget; the daemon exits once the scan is done, and a
+    never pass the budget by more than 20 % (a loaded machine may read slower than
+    it allows: that is not asserted); the daemon exits once the scan is done, and a
     second start finds the snapshot done and reads nothing."""
     loop, p = proxy
     kind = "postgres"
@@ -259,7 +261,12 @@ def test_read_budget_holds_and_only_mode_stops_after_the_scan(
     t1 = next(t for t, u in samples if u == final)
     assert t1 - t0 > 3, f"the scan was too short to measure: {samples}"
     rate = (final - u0) / (t1 - t0)
-    assert 0.8 * budget <= rate <= 1.2 * budget, f"{rate:.1f} units/s for a budget of {budget}"
+    # Over the budget is broken whatever the load (a loaded machine only reads slower);
+    # 20 % covers the sampling here. Under it is only slow: two loaded cores were seen
+    # to read at a quarter of it. A limiter that never lets a read through is broken,
+    # and shows as a scan that never ends (the daemon's exit above).
+    print(f"{rate:.1f} read units/s for a budget of {budget}")
+    assert rate <= 1.2 * budget, f"{rate:.1f} units/s for a budget of {budget}"
     assert throttled > 0 and loop.call(lambda: p.injected["throttle"]) > 0
     scans = loop.call(lambda: p.requests["Scan"])
     again = Daemon([cfg]).start()

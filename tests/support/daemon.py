@@ -87,7 +87,9 @@ class Daemon:
     def ready(self) -> bool:
         return self.get("/readyz")[0] == 200
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 90) -> None:
+        # "Never ready", not "slow": three replicas starting together beside other test
+        # runs on two cores were seen to take over 30 s to import and open.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from poller.processing.batching import take_batch
 
 
@@ -21,13 +23,17 @@ async def test_a_batch_ends_at_its_size_and_leaves_the_rest_queued() -> None:
     assert queue.qsize() == 15
 
 
+@pytest.mark.timing
 async def test_a_batch_ends_when_its_window_has_passed() -> None:
     queue = filled(3)
     started = time.monotonic()
     assert await take_batch(queue, 100, 0.3) == [0, 1, 2]
-    assert 0.25 <= time.monotonic() - started < 2
+    # Not before the window (a lower bound load cannot break); the upper bound means a
+    # window that does not end (30 of them), not a slow one: load delays a timer, briefly.
+    assert 0.25 <= time.monotonic() - started < 10
 
 
+@pytest.mark.timing
 async def test_a_stop_ends_an_open_window_at_once_and_loses_nothing() -> None:
     queue = filled(3)
     flush = asyncio.Event()
@@ -36,7 +42,7 @@ async def test_a_stop_ends_an_open_window_at_once_and_loses_nothing() -> None:
     started = time.monotonic()
     batch = await take_batch(queue, 100, 60.0, flush)
     assert batch == [0, 1, 2]
-    assert time.monotonic() - started < 1.0  # not the 60 s window
+    assert time.monotonic() - started < 30  # not the 60 s window (half of it: room for a loaded core)
     queue.put_nowait(3)
     assert await take_batch(queue, 100, 60.0, flush) == [3]  # already stopping: no wait at all
 
